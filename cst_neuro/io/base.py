@@ -1,0 +1,101 @@
+"""One interface for every recording format, and the dispatcher that picks a reader.
+
+Each format lives in its own module (``suite2p``, ``traces``, ``nwb``, ``movie``,
+``caiman``) with one ``Reader`` subclass registered at the bottom of the module. A reader
+has a cheap, never-raising ``guess_can_open`` and a keyword-only ``open`` returning a
+Recording (see ``cst_neuro.schema``). Readers return raw data lazily; ΔF/F, grids and
+storage are later stages (``cst_neuro.preprocess``, ``cst_neuro.grid``, ``cst_neuro.store``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+from pathlib import Path
+from typing import Any, ClassVar
+
+import xarray as xr
+
+from cst_neuro.errors import InputError
+
+READER_MODULES = ("suite2p", "caiman", "nwb", "movie", "traces")
+READERS: dict[str, Reader] = {}
+
+
+class Reader:
+    """Base class: subclasses set ``name``/``description`` and implement both methods.
+
+    ``open(path, *, option=default, ...)`` takes only keyword-only options and returns an
+    ``xarray.Dataset`` following the Recording schema; on bad input it raises
+    ``cst_neuro.errors.InputError`` naming the file and the problem.
+    """
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+
+    def guess_can_open(self, path: Path) -> bool:
+        """Whether ``path`` looks like this format (cheap: names and magic bytes only)."""
+        return False
+
+    def open(self, path: Path, **options: Any) -> xr.Dataset:  # pragma: no cover
+        raise NotImplementedError
+
+    def option_names(self) -> set[str]:
+        """The keyword-only options ``open`` accepts."""
+        params = inspect.signature(self.open).parameters.values()
+        return {p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+def register(reader_cls: type[Reader]) -> type[Reader]:
+    """Add a reader to the registry (used at the bottom of each format module)."""
+    READERS[reader_cls.name] = reader_cls()
+    return reader_cls
+
+
+def load_readers() -> dict[str, Reader]:
+    """Import every format module so that each registers its reader."""
+    for module in READER_MODULES:
+        importlib.import_module(f"cst_neuro.io.{module}")
+    return READERS
+
+
+def guess_format(path: str | os.PathLike[str]) -> str:
+    """Name of the first reader that recognises ``path``; InputError listing those tried."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "no such file or folder")
+    readers = load_readers()
+    for name, reader in readers.items():
+        try:
+            if reader.guess_can_open(path):
+                return name
+        except Exception:  # a sniffer must never stop the others
+            continue
+    raise InputError(
+        path,
+        f"can't tell the format (tried {', '.join(readers)}); pass --format {'|'.join(readers)}",
+    )
+
+
+def open_recording(
+    path: str | os.PathLike[str], *, format: str = "auto", **options: Any
+) -> xr.Dataset:
+    """Open any supported recording as a Recording (lazy where the format allows).
+
+    ``options`` whose value is None are ignored; an option the chosen reader does not
+    take is an error rather than silently dropped.
+    """
+    path = Path(path)
+    readers = load_readers()
+    name = guess_format(path) if format == "auto" else format
+    if name not in readers:
+        raise InputError(path, f"unknown format {name!r}; choose from {', '.join(readers)}")
+    if not path.exists():
+        raise InputError(path, "no such file or folder")
+    reader = readers[name]
+    given = {k: v for k, v in options.items() if v is not None}
+    unknown = sorted(set(given) - reader.option_names())
+    if unknown:
+        raise InputError(path, f"option(s) {', '.join(unknown)} do not apply to the {name} reader")
+    return reader.open(path, **given)

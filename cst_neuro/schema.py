@@ -1,0 +1,125 @@
+"""The Recording: one xarray.Dataset layout shared by every reader, the store and the model.
+
+Schema (version ``SCHEMA_VERSION``):
+
+- dims ``time``, ``roi``; ``y``, ``x`` for images and grids; ``pix`` for footprint pixels.
+- coords: ``time`` (seconds, float64, acquisition time of the frame, i.e. of plane 0 in a
+  multi-plane volume); ``roi`` (int64 ids: the ROI's index in its source); ``roi_y``,
+  ``roi_x`` (centroids, pixels); ``roi_plane`` (int16) and ``roi_time_offset`` (seconds,
+  float64: the scan offset of the ROI's plane, so the true sample time of ROI r at frame i
+  is ``time[i] + roi_time_offset[r]``); ``y``, ``x`` (pixel centres).
+- data vars, only what the source has: ``dff``, ``F``, ``Fneu``, ``spks`` (time, roi)
+  float32; ``iscell`` (roi) bool, ``cell_prob`` (roi) float32; footprints as sparse pixel
+  lists ``footprint_roi`` (position along ``roi``), ``footprint_y``, ``footprint_x``,
+  ``footprint_weight`` (pix); ``mean_image`` (y, x); ``grid`` (time, y, x) float32;
+  ``valid`` (time) bool, False where any sample of the frame is missing or non-finite.
+  Missing samples are NaN, never zero.
+- attrs: ``schema_version``, ``fs`` (Hz), ``source_format``, ``source_name``,
+  ``source_version``, ``neuropil_coefficient``, ``dff_method``, ``dff_params`` (JSON),
+  ``cst_neuro_version``, ``nplanes``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from cst_neuro.errors import SchemaError
+
+SCHEMA_VERSION = 1
+
+TRACE_VARS = ("dff", "F", "Fneu", "spks")
+REQUIRED_ATTRS = ("schema_version", "fs", "source_format")
+
+
+def package_version() -> str:
+    """The installed cst-neuro version (recorded in every Recording)."""
+    from cst_neuro import __version__
+
+    return __version__
+
+
+def frame_times(n_frames: int, fs: float, t0: float = 0.0) -> np.ndarray:
+    """Regular acquisition times in seconds: ``t0 + i / fs``."""
+    return t0 + np.arange(n_frames, dtype=np.float64) / float(fs)
+
+
+def new_recording(
+    data_vars: Mapping[str, Any],
+    *,
+    time: np.ndarray,
+    fs: float,
+    source_format: str,
+    source_name: str,
+    coords: Mapping[str, Any] | None = None,
+    attrs: Mapping[str, Any] | None = None,
+) -> xr.Dataset:
+    """Assemble a Recording with the schema's coordinates and attributes filled in.
+
+    ``data_vars`` maps names to ``(dims, array)`` pairs (numpy or dask arrays). ``valid``
+    is computed lazily from the trace variables / grid unless given.
+    """
+    time = np.asarray(time, dtype=np.float64)
+    all_coords: dict[str, Any] = {"time": ("time", time, {"units": "s"})}
+    all_coords.update(coords or {})
+    base_attrs: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "fs": float(fs),
+        "source_format": source_format,
+        "source_name": source_name,
+        "cst_neuro_version": package_version(),
+    }
+    base_attrs.update(attrs or {})
+    ds = xr.Dataset(dict(data_vars), coords=all_coords, attrs=base_attrs)
+    if "valid" not in ds:
+        ds["valid"] = finite_frames(ds)
+    validate_recording(ds)
+    return ds
+
+
+def finite_frames(ds: xr.Dataset) -> xr.DataArray:
+    """``valid(time)``: True where every sample of every trace/grid variable is finite."""
+    valid = xr.DataArray(np.ones(ds.sizes["time"], dtype=bool), dims="time")
+    for name in (*TRACE_VARS, "grid"):
+        if name in ds:
+            other = [d for d in ds[name].dims if d != "time"]
+            valid = valid & np.isfinite(ds[name]).all(dim=other)
+    return valid
+
+
+def dumps_params(params: Mapping[str, Any]) -> str:
+    """Serialise processing parameters for attrs (zarr attrs must be JSON)."""
+    return json.dumps(dict(params), sort_keys=True)
+
+
+def validate_recording(ds: xr.Dataset) -> None:
+    """Raise SchemaError if ``ds`` does not follow the Recording schema."""
+    name = ds.attrs.get("source_name")
+    for key in REQUIRED_ATTRS:
+        if key not in ds.attrs:
+            raise SchemaError(name, f"not a cst-neuro Recording: attribute {key!r} is missing")
+    version = ds.attrs["schema_version"]
+    if not isinstance(version, int | np.integer) or version < 1:
+        raise SchemaError(name, f"unknown schema_version {version!r}")
+    if version > SCHEMA_VERSION:
+        raise SchemaError(
+            name,
+            f"schema_version {version} is newer than this cst-neuro understands "
+            f"({SCHEMA_VERSION}); upgrade cst-neuro to open it",
+        )
+    if "time" not in ds.dims or ds.sizes["time"] == 0:
+        raise SchemaError(name, "the recording has no frames (time dimension is empty)")
+    fs = float(ds.attrs["fs"])
+    if not np.isfinite(fs) or fs <= 0:
+        raise SchemaError(name, f"sampling rate must be a positive number of Hz, got {fs!r}")
+    t = np.asarray(ds["time"].values)
+    if not np.all(np.isfinite(t)):
+        raise SchemaError(name, "time coordinate contains NaN or inf")
+    if t.size > 1 and not np.all(np.diff(t) > 0):
+        raise SchemaError(name, "time coordinate is not strictly increasing")
+    if not any(v in ds for v in (*TRACE_VARS, "grid")):
+        raise SchemaError(name, "the recording has neither traces (dff, F) nor a grid")
