@@ -12,8 +12,10 @@ Schema (version ``SCHEMA_VERSION``):
   float32; ``iscell`` (roi) bool, ``cell_prob`` (roi) float32; footprints as sparse pixel
   lists ``footprint_roi`` (position along ``roi``), ``footprint_y``, ``footprint_x``,
   ``footprint_weight`` (pix); ``mean_image`` (y, x); ``grid`` (time, y, x) float32;
-  ``valid`` (time) bool, False where any sample of the frame is missing or non-finite.
-  Missing samples are NaN, never zero.
+  ``grid_mask`` (y, x) bool where a grid rendered from ROIs has data (NaN elsewhere);
+  ``movie`` (time, y, x) the raw registered movie (Suite2p ``data.bin``), lazy;
+  ``valid`` (time) bool, False where any trace sample of the frame (or, without traces,
+  any grid pixel) is missing or non-finite. Missing samples are NaN, never zero.
 - attrs: ``schema_version``, ``fs`` (Hz), ``source_format``, ``source_name``,
   ``source_version``, ``neuropil_coefficient``, ``dff_method``, ``dff_params`` (JSON),
   ``cst_neuro_version``, ``nplanes``.
@@ -82,12 +84,12 @@ def new_recording(
 
 
 def finite_frames(ds: xr.Dataset) -> xr.DataArray:
-    """``valid(time)``: True where every sample of every trace/grid variable is finite."""
+    """``valid(time)``: True where every trace sample (or, without traces, grid pixel) is finite."""
     valid = xr.DataArray(np.ones(ds.sizes["time"], dtype=bool), dims="time")
-    for name in (*TRACE_VARS, "grid"):
-        if name in ds:
-            other = [d for d in ds[name].dims if d != "time"]
-            valid = valid & np.isfinite(ds[name]).all(dim=other)
+    names = [v for v in TRACE_VARS if v in ds] or (["grid"] if "grid" in ds else [])
+    for name in names:
+        other = [d for d in ds[name].dims if d != "time"]
+        valid = valid & np.isfinite(ds[name]).all(dim=other)
     return valid
 
 
@@ -121,5 +123,5 @@ def validate_recording(ds: xr.Dataset) -> None:
         raise SchemaError(name, "time coordinate contains NaN or inf")
     if t.size > 1 and not np.all(np.diff(t) > 0):
         raise SchemaError(name, "time coordinate is not strictly increasing")
-    if not any(v in ds for v in (*TRACE_VARS, "grid")):
-        raise SchemaError(name, "the recording has neither traces (dff, F) nor a grid")
+    if not any(v in ds for v in (*TRACE_VARS, "grid", "movie")):
+        raise SchemaError(name, "the recording has neither traces (dff, F) nor a grid or movie")
