@@ -1,0 +1,1 @@
+"""The ``cst-neuro`` command line (typer); each command is a thin shell over the library."""

@@ -1,0 +1,48 @@
+"""What every command shares: the error contract (``error: ...``, exit 2) and logging."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+
+from cst_neuro.errors import CSTNeuroError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_BAD_INPUT = 2
+
+
+def fail(message: str) -> typer.Exit:
+    """Print one ``error:`` line to stderr and return the exit to raise (code 2)."""
+    typer.echo(f"error: {' '.join(str(message).split())}", err=True)
+    return typer.Exit(EXIT_BAD_INPUT)
+
+
+def handle_errors(func: F) -> F:
+    """Turn the package's own errors into one ``error:`` line and exit code 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except CSTNeuroError as e:
+            raise fail(str(e)) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def setup_logging(verbose: bool) -> None:
+    """Warnings (or, with --verbose, info) from the library go to stderr."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s: %(message)s",
+        stream=sys.stderr,
+    )

@@ -1,0 +1,68 @@
+"""Ingestion: any supported source → Recording with ΔF/F (and optionally a grid) → zarr.
+
+This is the pipeline behind ``cst-neuro ingest``: read lazily, add ΔF/F, optionally
+render or bin a spatiotemporal grid, and stream everything to an atomic zarr store, so
+peak memory is bounded by chunk sizes rather than by the recording's length.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import xarray as xr
+
+from cst_neuro.io import open_recording
+from cst_neuro.store import check_writable, write_recording
+
+log = logging.getLogger(__name__)
+
+BASELINES = ("maximin", "percentile", "prctile", "none")
+
+
+def prepare_recording(
+    source: str | os.PathLike[str],
+    *,
+    format: str = "auto",
+    fs: float | None = None,
+    time_axis: int | None = None,
+    neuropil: float | None = None,
+    baseline: str = "maximin",
+    all_rois: bool = False,
+    grid_bin: int | None = None,
+) -> xr.Dataset:
+    """Open ``source`` and add ΔF/F and an optional grid, all lazily (nothing is computed)."""
+    from cst_neuro.grid import bin_movie, render_grid
+    from cst_neuro.preprocess import compute_dff
+
+    ds = open_recording(
+        source, format=format, fs=fs, time_axis=time_axis, all_rois=all_rois or None
+    )
+    if "F" in ds and "dff" not in ds:
+        ds = compute_dff(ds, baseline=baseline, neuropil=neuropil)
+    elif "dff" in ds and baseline not in ("maximin", "none"):
+        log.warning("%s already holds ΔF/F; baseline %r is not applied", source, baseline)
+    if "movie" in ds:
+        # The registered movie stays where Suite2p wrote it; stores keep traces and grids.
+        ds = ds.drop_vars("movie")
+    if grid_bin is not None:
+        if "grid" in ds:
+            ds["grid"] = bin_movie(ds["grid"], grid_bin)
+        else:
+            ds = ds.merge(render_grid(ds, var="dff", bin=grid_bin))
+    return ds
+
+
+def ingest(
+    source: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    progress: bool = False,
+    **options: object,
+) -> Path:
+    """Ingest ``source`` into the zarr store ``output``; options as in ``prepare_recording``."""
+    check_writable(output, overwrite=overwrite)
+    ds = prepare_recording(source, **options)  # type: ignore[arg-type]
+    return write_recording(ds, output, overwrite=overwrite, progress=progress)
