@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
+import warnings
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -53,10 +54,19 @@ def register(reader_cls: type[Reader]) -> type[Reader]:
     return reader_cls
 
 
-def load_readers() -> dict[str, Reader]:
-    """Import every format module so that each registers its reader."""
-    for module in READER_MODULES:
-        importlib.import_module(f"cst_neuro.io.{module}")
+def load_readers(only: str | None = None) -> dict[str, Reader]:
+    """Import the format modules (or just ``only``) so that each registers its reader.
+
+    A module that fails to import is skipped with a RuntimeWarning: one broken reader
+    must not make every other format unreadable.
+    """
+    for module in READER_MODULES if only is None else [only]:
+        try:
+            importlib.import_module(f"cst_neuro.io.{module}")
+        except ImportError as e:
+            warnings.warn(
+                f"cst-neuro reader {module!r} unavailable: {e}", RuntimeWarning, stacklevel=2
+            )
     return READERS
 
 
@@ -87,7 +97,11 @@ def open_recording(
     take is an error rather than silently dropped.
     """
     path = Path(path)
-    readers = load_readers()
+    if format != "auto" and format not in READER_MODULES:
+        raise InputError(
+            path, f"unknown format {format!r}; choose from {', '.join(READER_MODULES)}"
+        )
+    readers = load_readers(None if format == "auto" else format)
     name = guess_format(path) if format == "auto" else format
     if name not in readers:
         raise InputError(path, f"unknown format {name!r}; choose from {', '.join(readers)}")

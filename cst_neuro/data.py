@@ -1,0 +1,228 @@
+"""From a Recording to model tokens: time splits, normalisation, windows, token batches.
+
+A window of W frames is the unit of training and inference: only its frames are read
+from the (lazy, zarr-backed) Recording, so memory is bounded by the window, never by the
+recording. Both layouts become *channels* with a fixed position and a value vector:
+
+- ROI traces: a channel per ROI at (roi_y, roi_x), value size 1, token time
+  ``time[i] + roi_time_offset[r]`` (multi-plane scan offsets honoured);
+- grids and movies: a channel per p×p patch at the patch centre, value size p².
+
+A token is (value, coordinate (t, y, x), channel id). Time is measured in frames from the
+window start and divided by W, space in pixels divided by the field of view, so a model
+works in the recording's own frame units whatever its rate. Missing samples (NaN,
+frames outside the allowed split) are absent tokens, never imputed values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+
+from cst_neuro.errors import InputError
+
+
+@dataclass(frozen=True)
+class TimeSplit:
+    """Boolean frame masks for training, validation and test; blocks in time, disjoint."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+    @classmethod
+    def blocks(
+        cls,
+        n_frames: int,
+        *,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.0,
+        block_frames: int = 4,
+        seed: int = 0,
+    ) -> TimeSplit:
+        """Assign whole blocks of ``block_frames`` frames at random to val/test, rest to train."""
+        if not 0 <= val_fraction + test_fraction < 1:
+            raise ValueError("val_fraction + test_fraction must be in [0, 1)")
+        n_blocks = -(-n_frames // block_frames)
+        order = np.random.default_rng(seed).permutation(n_blocks)
+        n_val = round(val_fraction * n_blocks)
+        n_test = round(test_fraction * n_blocks)
+        block_of = np.arange(n_frames) // block_frames
+        val = np.isin(block_of, order[:n_val])
+        test = np.isin(block_of, order[n_val : n_val + n_test])
+        return cls(train=~(val | test), val=val, test=test)
+
+
+@dataclass(frozen=True)
+class Normalizer:
+    """Per-channel affine normalisation fitted on training frames only (saved with models)."""
+
+    mean: np.ndarray  # (C, V)
+    std: np.ndarray  # (C, V)
+
+    @classmethod
+    def fit(cls, values: xr.DataArray, train: np.ndarray) -> Normalizer:
+        """Mean and sd of each channel over the training frames (NaN-aware, streamed)."""
+        part = values.isel(time=np.flatnonzero(train))
+        mean = np.asarray(part.mean("time", skipna=True).values, dtype=np.float64)
+        std = np.asarray(part.std("time", skipna=True).values, dtype=np.float64)
+        floor = max(float(np.nanmedian(std)) * 1e-3, 1e-8) if np.isfinite(std).any() else 1.0
+        std = np.where(np.isfinite(std) & (std > floor), std, max(floor, 1e-8))
+        mean = np.where(np.isfinite(mean), mean, 0.0)
+        return cls(mean=mean.astype(np.float32), std=std.astype(np.float32))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mean": torch.from_numpy(self.mean), "std": torch.from_numpy(self.std)}
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any]) -> Normalizer:
+        return cls(mean=state["mean"].numpy(), std=state["std"].numpy())
+
+
+@dataclass
+class Tokens:
+    """A padded batch of token sets."""
+
+    coords: torch.Tensor  # (B, N, 3) float32: t, y, x normalised
+    values: torch.Tensor  # (B, N, V) float32 (zeros where absent)
+    ids: torch.Tensor  # (B, N) int64 channel index
+    mask: torch.Tensor  # (B, N) bool: True for a real token
+    value_mask: torch.Tensor  # (B, N, V) bool: which value entries are observed
+
+    def to(self, device: torch.device | str) -> Tokens:
+        return Tokens(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
+
+
+def pad_tokens(parts: list[dict[str, np.ndarray]], value_dim: int) -> Tokens:
+    """Stack per-sample token arrays into one padded batch."""
+    n = max(1, max(len(p["ids"]) for p in parts))
+    b = len(parts)
+    coords = np.zeros((b, n, 3), np.float32)
+    values = np.zeros((b, n, value_dim), np.float32)
+    ids = np.zeros((b, n), np.int64)
+    mask = np.zeros((b, n), bool)
+    value_mask = np.zeros((b, n, value_dim), bool)
+    for i, p in enumerate(parts):
+        k = len(p["ids"])
+        coords[i, :k], values[i, :k], ids[i, :k] = p["coords"], p["values"], p["ids"]
+        mask[i, :k], value_mask[i, :k] = True, p["value_mask"]
+    return Tokens(*(torch.from_numpy(a) for a in (coords, values, ids, mask, value_mask)))
+
+
+class ChannelWindows:
+    """Windows of a (time, channel, value) view of a Recording, as normalised token sets."""
+
+    def __init__(
+        self,
+        ds: xr.Dataset,
+        *,
+        var: str | None = None,
+        window: int = 32,
+        patch: int = 4,
+        allowed: np.ndarray | None = None,
+        normalizer: Normalizer | None = None,
+    ) -> None:
+        self.var = var or _default_var(ds)
+        self.window = int(window)
+        self.n_frames = ds.sizes["time"]
+        if self.window < 2 or self.window > self.n_frames:
+            raise InputError(
+                ds.attrs.get("source_name"),
+                f"window of {window} frames does not fit a recording of {self.n_frames} frames",
+            )
+        self.fs = float(ds.attrs["fs"])
+        self.t0 = float(ds["time"].values[0])
+        self.allowed = np.ones(self.n_frames, bool) if allowed is None else np.asarray(allowed)
+        self.values = channel_view(ds, self.var, patch=patch)
+        self.layout = "grid" if ds[self.var].ndim == 3 else "traces"
+        self.patch = patch if self.layout == "grid" else 1
+        self.positions, self.offsets_frames, self.fov = channel_positions(ds, self.var, patch)
+        self.n_channels, self.value_dim = self.values.shape[1], self.values.shape[2]
+        self.normalizer = normalizer or Normalizer.fit(self.values, self.allowed)
+
+    def read(self, start: int) -> np.ndarray:
+        """Normalised values of frames ``start:start+W`` (NaN where absent or not allowed)."""
+        stop = start + self.window
+        block = np.asarray(self.values.isel(time=slice(start, stop)).values, dtype=np.float32)
+        block = (block - self.normalizer.mean) / self.normalizer.std
+        block[~self.allowed[start:stop]] = np.nan
+        return block  # (W, C, V)
+
+    def coords(self, frames: np.ndarray, channels: np.ndarray, start: float) -> np.ndarray:
+        """Normalised (t, y, x) of samples at (possibly fractional) frame indices."""
+        t = (frames + self.offsets_frames[channels] - start) / self.window
+        yx = self.positions[channels] / self.fov
+        return np.column_stack([t, yx]).astype(np.float32)
+
+    def tokens(self, block: np.ndarray, start: int, keep: np.ndarray) -> dict[str, np.ndarray]:
+        """Token arrays for the samples of ``block`` where ``keep`` (W, C) is True."""
+        frame, channel = np.nonzero(keep)
+        vals = block[frame, channel]  # (N, V)
+        observed = np.isfinite(vals)
+        return {
+            "coords": self.coords(frame.astype(np.float64), channel, start),
+            "values": np.where(observed, vals, 0.0).astype(np.float32),
+            "ids": channel.astype(np.int64),
+            "value_mask": observed,
+        }
+
+    def observed(self, block: np.ndarray) -> np.ndarray:
+        """(W, C) True where a sample has any finite value."""
+        return np.isfinite(block).any(axis=-1)
+
+    def starts(self, stride: int | None = None) -> np.ndarray:
+        """Window starts covering every frame (the last window ends at the last frame)."""
+        stride = stride or max(1, self.window // 2)
+        last = self.n_frames - self.window
+        return np.unique(np.append(np.arange(0, last + 1, stride), last))
+
+
+def _default_var(ds: xr.Dataset) -> str:
+    for name in ("dff", "grid", "F"):
+        if name in ds:
+            return name
+    raise InputError(ds.attrs.get("source_name"), "recording has no dff, grid or F to model")
+
+
+def channel_view(ds: xr.Dataset, var: str, *, patch: int) -> xr.DataArray:
+    """(time, channel, value) view of traces (value size 1) or p×p grid patches (p²)."""
+    da = ds[var]
+    if da.dims == ("time", "roi"):
+        return da.rename(roi="channel").expand_dims(value=1, axis=2)
+    if da.dims != ("time", "y", "x"):
+        raise InputError(ds.attrs.get("source_name"), f"cannot model {var}{da.dims}")
+    ny, nx = da.sizes["y"] // patch, da.sizes["x"] // patch
+    if ny == 0 or nx == 0:
+        name = ds.attrs.get("source_name")
+        raise InputError(name, f"grid smaller than one {patch}x{patch} patch")
+    da = da.isel(y=slice(0, ny * patch), x=slice(0, nx * patch))
+    data = da.data.reshape(da.sizes["time"], ny, patch, nx, patch)  # (T, ny, p, nx, p)
+    data = data.transpose(0, 1, 3, 2, 4).reshape(da.sizes["time"], ny * nx, patch * patch)
+    return xr.DataArray(data, dims=("time", "channel", "value"), coords={"time": da["time"]})
+
+
+def channel_positions(ds: xr.Dataset, var: str, patch: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """Channel (y, x) positions in pixels, per-channel time offsets in frames, FOV size."""
+    fs = float(ds.attrs["fs"])
+    if ds[var].dims == ("time", "roi"):
+        n = ds.sizes["roi"]
+        if "roi_y" in ds.coords and "roi_x" in ds.coords:
+            pos = np.column_stack([ds["roi_y"].values, ds["roi_x"].values]).astype(np.float64)
+        else:
+            pos = np.zeros((n, 2))
+        offsets = (
+            np.asarray(ds["roi_time_offset"].values, np.float64) * fs
+            if "roi_time_offset" in ds.coords
+            else np.zeros(n)
+        )
+        fov = float(max(ds.sizes.get("y", 0), ds.sizes.get("x", 0), np.nanmax(pos, initial=0) + 1))
+        return pos, offsets, fov
+    ny, nx = ds.sizes["y"] // patch, ds.sizes["x"] // patch
+    yy, xx = np.meshgrid(np.arange(ny), np.arange(nx), indexing="ij")
+    pos = (np.column_stack([yy.ravel(), xx.ravel()]) + 0.5) * patch
+    fov = float(max(ds.sizes["y"], ds.sizes["x"]))
+    return pos.astype(np.float64), np.zeros(ny * nx), fov
