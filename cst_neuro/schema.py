@@ -7,18 +7,22 @@ Schema (version ``SCHEMA_VERSION``):
   multi-plane volume); ``roi`` (int64 ids: the ROI's index in its source); ``roi_y``,
   ``roi_x`` (centroids, pixels); ``roi_plane`` (int16) and ``roi_time_offset`` (seconds,
   float64: the scan offset of the ROI's plane, so the true sample time of ROI r at frame i
-  is ``time[i] + roi_time_offset[r]``); ``y``, ``x`` (pixel centres).
+  is ``time[i] + roi_time_offset[r]``); ``y``, ``x`` (pixel indices: pixel i is centred
+  at coordinate i, the convention of Suite2p's ypix/xpix; binned grids use block centres).
 - data vars, only what the source has: ``dff``, ``F``, ``Fneu``, ``spks`` (time, roi)
   float32; ``iscell`` (roi) bool, ``cell_prob`` (roi) float32; footprints as sparse pixel
   lists ``footprint_roi`` (position along ``roi``), ``footprint_y``, ``footprint_x``,
-  ``footprint_weight`` (pix); ``mean_image`` (y, x); ``grid`` (time, y, x) float32;
+  ``footprint_weight`` (pix); ``mean_image`` (y, x), or (plane, y, x) for several planes;
+  ``grid`` (time, y, x) float32;
   ``grid_mask`` (y, x) bool where a grid rendered from ROIs has data (NaN elsewhere);
-  ``movie`` (time, y, x) the raw registered movie (Suite2p ``data.bin``), lazy;
+  ``movie`` (time, y, x) the raw registered movie (Suite2p ``data.bin``), lazy, in the
+  source's dtype (int16 for Suite2p);
   ``valid`` (time) bool, False where any trace sample of the frame (or, without traces,
-  any grid pixel) is missing or non-finite. Missing samples are NaN, never zero.
+  any grid pixel) is missing or non-finite, or the source flagged the frame as bad
+  (Suite2p ``badframes``). Missing samples are NaN, never zero.
 - attrs: ``schema_version``, ``fs`` (Hz), ``source_format``, ``source_name``,
   ``source_version``, ``neuropil_coefficient``, ``dff_method``, ``dff_params`` (JSON),
-  ``cst_neuro_version``, ``nplanes``.
+  ``cst_neuro_version``, ``nplanes``, ``n_bad_frames``.
 """
 
 from __future__ import annotations
