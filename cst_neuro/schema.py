@@ -10,7 +10,8 @@ Schema (version ``SCHEMA_VERSION``):
   is ``time[i] + roi_time_offset[r]``); ``y``, ``x`` (pixel indices: pixel i is centred
   at coordinate i, the convention of Suite2p's ypix/xpix; binned grids use block centres).
 - data vars, only what the source has: ``dff``, ``F``, ``Fneu``, ``spks`` (time, roi)
-  float32; ``iscell`` (roi) bool, ``cell_prob`` (roi) float32; footprints as sparse pixel
+  float32; ``dff_guarded`` (roi) int32, samples whose ΔF/F denominator was floored
+  (see ``cst_neuro.preprocess``); ``iscell`` (roi) bool, ``cell_prob`` (roi) float32; footprints as sparse pixel
   lists ``footprint_roi`` (position along ``roi``), ``footprint_y``, ``footprint_x``,
   ``footprint_weight`` (pix); ``mean_image`` (y, x), or (plane, y, x) for several planes;
   ``grid`` (time, y, x) float32;
