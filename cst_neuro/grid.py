@@ -116,7 +116,7 @@ def render_grid(ds: xr.Dataset, *, var: str = "dff", bin: int = 1) -> xr.Dataset
 
 
 def bin_movie(movie: xr.DataArray, bin: int) -> xr.DataArray:
-    """Mean over bin × bin pixel blocks of a (time, y, x) movie, lazily, float32.
+    """Mean over bin × bin pixel blocks of a (..., y, x) movie or image, lazily, float32.
 
     Edge rows/columns that do not fill a whole block are dropped. NaN pixels are skipped
     (a block's mean over its finite pixels; NaN if it has none). Coordinates become
@@ -124,9 +124,9 @@ def bin_movie(movie: xr.DataArray, bin: int) -> xr.DataArray:
     """
     path = movie.attrs.get("source_name")
     _check_bin(bin, path)
-    if set(movie.dims) != {"time", "y", "x"}:
-        raise InputError(path, f"a movie must have dims (time, y, x), found {movie.dims}")
-    movie = movie.transpose("time", "y", "x")
+    if not {"y", "x"} <= set(movie.dims):
+        raise InputError(path, f"a movie or image needs dims y and x, found {movie.dims}")
+    movie = movie.transpose(..., "y", "x")
     for dim in ("y", "x"):
         if bin > movie.sizes[dim]:
             raise InputError(

@@ -33,7 +33,7 @@ def prepare_recording(
     grid_bin: int | None = None,
 ) -> xr.Dataset:
     """Open ``source`` and add ΔF/F and an optional grid, all lazily (nothing is computed)."""
-    from cst_neuro.grid import bin_movie, render_grid
+    from cst_neuro.grid import render_grid
     from cst_neuro.preprocess import compute_dff
 
     ds = open_recording(
@@ -47,11 +47,24 @@ def prepare_recording(
         # The registered movie stays where Suite2p wrote it; stores keep traces and grids.
         ds = ds.drop_vars("movie")
     if grid_bin is not None:
-        if "grid" in ds:
-            ds["grid"] = bin_movie(ds["grid"], grid_bin)
-        else:
-            ds = ds.merge(render_grid(ds, var="dff", bin=grid_bin))
+        grid = None if "grid" in ds else render_grid(ds, var="dff", bin=grid_bin)
+        ds = _bin_images(ds, grid_bin)  # grid, mean image: all on the binned y/x
+        if grid is not None:
+            ds = ds.merge(grid, join="exact")
     return ds
+
+
+def _bin_images(ds: xr.Dataset, grid_bin: int) -> xr.Dataset:
+    """Every (…, y, x) variable binned grid_bin × grid_bin, so all share the same y/x."""
+    from cst_neuro.grid import bin_movie
+
+    if grid_bin == 1 or "y" not in ds.dims:
+        return ds
+    images = {n: bin_movie(ds[n], grid_bin) for n in ds.data_vars if {"y", "x"} <= set(ds[n].dims)}
+    out = ds.drop_dims(["y", "x"])
+    for name, image in images.items():
+        out[name] = image
+    return out
 
 
 def ingest(
