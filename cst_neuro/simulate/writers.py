@@ -243,7 +243,7 @@ def write_tiff(
 
     path = Path(path)
     if path.exists() and not overwrite:
-        raise OutputError(path, "already exists; pass overwrite=True to replace it")
+        raise OutputError(path, "already exists; pass --overwrite to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
     cfg = sim.config
     planes = range(cfg.n_planes)
@@ -277,7 +277,7 @@ def write_simulation(
 
     ``layout``: ``suite2p-v0`` / ``suite2p-v1`` (a Suite2p folder), ``movie`` (an ImageJ
     TIFF: ``output`` itself when it ends in .tif/.tiff, else ``output/movie.tif``) or
-    ``zarr`` (a cst-neuro store of the Recording, through ``cst_neuro.store``). ``fields``
+    ``zarr`` (a cst-neuro store of the Recording with ΔF/F, as ``ingest`` writes). ``fields``
     override ``config`` (defaults if None), e.g. ``n_rois=50, seed=3``.
     """
     config = config or SimulationConfig()
@@ -292,9 +292,10 @@ def write_simulation(
         path = output if output.suffix.lower() in (".tif", ".tiff") else output / "movie.tif"
         return write_tiff(sim, path, overwrite=overwrite)
     if layout == "zarr":
+        from cst_neuro.preprocess import compute_dff
         from cst_neuro.store import write_recording
 
-        write_recording(sim.recording(), output, overwrite=overwrite)
+        write_recording(compute_dff(sim.recording()), output, overwrite=overwrite)
         return output
     raise InputError(
         None, f"unknown layout {layout!r}; choose from suite2p-v0, suite2p-v1, movie, zarr"
@@ -307,7 +308,7 @@ def _prepare_folder(folder: Path, *, overwrite: bool) -> Path:
         raise OutputError(folder, "exists and is not a folder")
     if folder.is_dir() and any(folder.iterdir()):
         if not overwrite:
-            raise OutputError(folder, "is not empty; pass overwrite=True to replace it")
+            raise OutputError(folder, "is not empty; pass --overwrite to replace it")
         for child in folder.iterdir():
             if child.is_dir() and re.fullmatch(r"plane\d+", child.name):
                 shutil.rmtree(child)
