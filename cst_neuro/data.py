@@ -144,13 +144,17 @@ class ChannelWindows:
         self.n_channels, self.value_dim = self.values.shape[1], self.values.shape[2]
         self.normalizer = normalizer or Normalizer.fit(self.values, self.allowed)
 
-    def read(self, start: int) -> np.ndarray:
-        """Normalised values of frames ``start:start+W`` (NaN where absent or not allowed)."""
+    def read(self, start: int, *, masked: bool = True) -> np.ndarray:
+        """Normalised values of frames ``start:start+W``: (W, C, V), NaN where absent.
+
+        With ``masked`` (training), frames outside ``allowed`` are absent too.
+        """
         stop = start + self.window
         block = np.asarray(self.values.isel(time=slice(start, stop)).values, dtype=np.float32)
         block = (block - self.normalizer.mean) / self.normalizer.std
-        block[~self.allowed[start:stop]] = np.nan
-        return block  # (W, C, V)
+        if masked:
+            block[~self.allowed[start:stop]] = np.nan
+        return block
 
     def coords(self, frames: np.ndarray, channels: np.ndarray, start: float) -> np.ndarray:
         """Normalised (t, y, x) of samples at (possibly fractional) frame indices."""

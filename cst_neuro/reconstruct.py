@@ -1,0 +1,235 @@
+"""Querying a trained model: predictions at any real-valued times, and whole reconstructions.
+
+``Reconstructor`` binds a model to a Recording. A query time τ (seconds) is answered
+from the window of frames centred on it; in mode ``cst`` the window's encoded context is
+cached (least recently used), so each new sub-frame time costs one decoder pass. Times
+outside the recording use the first or last window (extrapolation: forecasting).
+``reconstruct`` evaluates a model over a recording at K× the frame rate (or given times)
+as a lazy xarray Dataset that ``cst_neuro.store.write_recording`` streams to zarr in
+blocks of time, so long recordings never sit in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+
+from cst_neuro.data import ChannelWindows, pad_tokens
+from cst_neuro.errors import InputError
+from cst_neuro.model import CST
+from cst_neuro.schema import new_recording
+from cst_neuro.train import channel_groups, load_model, predict_tokens
+
+log = logging.getLogger(__name__)
+
+BLOCK_TIMES = 1024  # output times computed per block when reconstructing
+
+
+class Reconstructor:
+    """A trained model bound to a Recording: ``predict(times)`` at any real-valued times."""
+
+    def __init__(
+        self,
+        model: CST,
+        meta: dict[str, Any],
+        ds: xr.Dataset,
+        *,
+        device: str | torch.device = "cpu",
+        cache_size: int = 16,
+    ) -> None:
+        data, fit_config = meta["data"], meta["fit_config"]
+        self.model = model.to(device).eval()
+        self.device = torch.device(device)
+        self.windows = ChannelWindows(
+            ds,
+            var=data["var"],
+            window=fit_config["window"],
+            patch=data["patch"],
+            allowed=np.asarray(ds["valid"].values, bool),
+            normalizer=meta["normalizer"],
+        )
+        if self.windows.n_channels != data["n_channels"]:
+            raise InputError(
+                ds.attrs.get("source_name"),
+                f"model was trained on {data['n_channels']} channels ({data['var']}), this "
+                f"recording has {self.windows.n_channels}",
+            )
+        self.var = data["var"]
+        self.groups = channel_groups(
+            self.windows.n_channels, self.windows.window, fit_config["max_tokens"]
+        )
+        self._cache: OrderedDict[tuple[int, int], Any] = OrderedDict()
+        self._cache_size = cache_size
+        self._blocks: OrderedDict[int, np.ndarray] = OrderedDict()
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | os.PathLike[str], ds: xr.Dataset, **kwargs: Any
+    ) -> Reconstructor:
+        model, meta = load_model(path)
+        return cls(model, meta, ds, **kwargs)
+
+    def window_start(self, frame: float) -> int:
+        """Start of the window centred (as far as possible) on a fractional frame position."""
+        w, n = self.windows.window, self.windows.n_frames
+        return int(np.clip(np.round(frame - w / 2), 0, n - w))
+
+    def _block(self, start: int) -> np.ndarray:
+        if start not in self._blocks:
+            self._blocks[start] = self.windows.read(start)
+            if len(self._blocks) > self._cache_size:
+                self._blocks.popitem(last=False)
+        return self._blocks[start]
+
+    def context(self, start: int, group: int) -> Any:
+        """The encoded context (mode cst) or context tokens of a window's channel group."""
+        key = (start, group)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        block = self._block(start)
+        keep = self.windows.observed(block)
+        mask = np.zeros_like(keep)
+        mask[:, self.groups[group]] = True
+        tokens = pad_tokens(
+            [self.windows.tokens(block, start, keep & mask)], self.windows.value_dim
+        )
+        if not tokens.mask.any():
+            raise InputError(None, f"no observed samples in frames {start}..{start + len(keep)}")
+        tokens = tokens.to(self.device)
+        with torch.no_grad():
+            ctx = (
+                self.model.encode(tokens.values, tokens.coords, tokens.ids, tokens.mask)
+                if self.model.config.mode == "cst"
+                else tokens
+            )
+        self._cache[key] = ctx
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return ctx
+
+    @torch.no_grad()
+    def predict(self, times: np.ndarray, channels: np.ndarray | None = None) -> np.ndarray:
+        """Predictions (T, C, V) in the recording's units at absolute times (seconds)."""
+        times = np.atleast_1d(np.asarray(times, dtype=np.float64))
+        if not np.all(np.isfinite(times)):
+            raise InputError(None, "query times must be finite")
+        w = self.windows
+        chans = np.arange(w.n_channels) if channels is None else np.asarray(channels)
+        frames = (times - w.t0) * w.fs  # fractional frame positions
+        out = np.empty((times.size, chans.size, w.value_dim), np.float32)
+        starts = np.array([self.window_start(f) for f in frames])
+        for start in np.unique(starts):
+            rows = np.flatnonzero(starts == start)
+            for g, group in enumerate(self.groups):
+                cols = np.flatnonzero(np.isin(chans, group))
+                if cols.size:
+                    out[np.ix_(rows, cols)] = self._predict_window(
+                        int(start), g, frames[rows], chans[cols]
+                    )
+        return out * w.normalizer.std[chans] + w.normalizer.mean[chans]
+
+    def _predict_window(
+        self, start: int, group: int, frames: np.ndarray, chans: np.ndarray
+    ) -> np.ndarray:
+        """Normalised predictions (T, C, V) for frames × channels from one window."""
+        w = self.windows
+        ff, cc = np.meshgrid(frames, chans, indexing="ij")  # (T, C)
+        local = ff.ravel() - w.offsets_frames[cc.ravel()]  # sample time of each channel
+        coords = torch.from_numpy(w.coords(local, cc.ravel(), start))[None].to(self.device)
+        ids = torch.from_numpy(cc.ravel().astype(np.int64))[None].to(self.device)
+        ctx = self.context(start, group)
+        if self.model.config.mode == "cst":
+            pred = self.model.decode(ctx, coords, ids)
+        else:
+            pred = predict_tokens(self.model, ctx, coords, ids)
+        return pred[0].float().cpu().numpy().reshape(ff.shape[0], ff.shape[1], -1)
+
+    def as_image(self, values: np.ndarray) -> np.ndarray:
+        """(T, patches, p²) grid predictions → (T, Y, X) images; traces pass as (T, C)."""
+        if self.windows.layout != "grid":
+            return values[..., 0]
+        p = self.windows.patch
+        ny, nx = self.grid_shape
+        t = values.shape[0]
+        img = values.reshape(t, ny, nx, p, p).transpose(0, 1, 3, 2, 4)  # (T, ny, p, nx, p)
+        return img.reshape(t, ny * p, nx * p)
+
+    @property
+    def grid_shape(self) -> tuple[int, int]:
+        """Patches along y and x (grids only)."""
+        pos = self.windows.positions
+        p = self.windows.patch
+        return round(pos[:, 0].max() / p + 0.5), round(pos[:, 1].max() / p + 0.5)
+
+
+def output_times(ds: xr.Dataset, *, upsample: int | None, times: np.ndarray | None) -> np.ndarray:
+    """``t0 + i/(K·fs)`` over the recording's span, or the given times (sorted, unique)."""
+    if (upsample is None) == (times is None):
+        raise InputError(None, "give exactly one of upsample=K or times=...")
+    if upsample is not None:
+        if int(upsample) < 1:
+            raise InputError(None, f"upsample must be a whole number >= 1, got {upsample}")
+        t = ds["time"].values
+        n = (ds.sizes["time"] - 1) * int(upsample) + 1
+        return float(t[0]) + np.arange(n) / (int(upsample) * float(ds.attrs["fs"]))
+    times = np.asarray(times, dtype=np.float64).ravel()
+    if times.size == 0 or not np.all(np.isfinite(times)):
+        raise InputError(None, "times must be a non-empty array of finite seconds")
+    if np.any(np.diff(times) <= 0):
+        raise InputError(None, "times must be strictly increasing")
+    return times
+
+
+def reconstruct(
+    reconstructor: Reconstructor,
+    ds: xr.Dataset,
+    *,
+    upsample: int | None = None,
+    times: np.ndarray | None = None,
+) -> xr.Dataset:
+    """A lazy Recording of the model's predictions at ``times`` (or K× the frame rate)."""
+    import dask
+    import dask.array as da
+
+    out_t = output_times(ds, upsample=upsample, times=times)
+    span = ds["time"].values[[0, -1]]
+    if out_t[0] < span[0] or out_t[-1] > span[-1]:
+        log.warning("some query times lie outside the recording: those are extrapolations")
+    rec = reconstructor
+    first = rec.as_image(rec.predict(out_t[:1]))
+    blocks = []
+    for s in range(0, out_t.size, BLOCK_TIMES):
+        chunk = out_t[s : s + BLOCK_TIMES]
+        block = dask.delayed(lambda c: rec.as_image(rec.predict(c)))(chunk)
+        blocks.append(da.from_delayed(block, (chunk.size, *first.shape[1:]), np.float32))
+    values = da.concatenate(blocks, axis=0)
+    fs = (
+        len(out_t) / max(out_t[-1] - out_t[0], 1e-12)
+        if upsample is None
+        else (float(ds.attrs["fs"]) * upsample)
+    )
+    if rec.windows.layout == "grid":
+        ny, nx = first.shape[1:]
+        data_vars = {rec.var: (("time", "y", "x"), values)}
+        coords = {"y": ds["y"].values[:ny], "x": ds["x"].values[:nx]}
+    else:
+        data_vars = {rec.var: (("time", "roi"), values)}
+        coords = {name: ds[name] for name in ds.coords if ds[name].dims == ("roi",)}
+    attrs = {k: ds.attrs[k] for k in ("source_format", "source_name", "nplanes") if k in ds.attrs}
+    attrs.update(reconstruction_of=str(ds.attrs.get("source_name", "")), upsample=upsample or 0)
+    return new_recording(
+        data_vars,
+        time=out_t,
+        fs=fs,
+        source_format="cst-reconstruction",
+        source_name=f"{ds.attrs.get('source_name', '')} (reconstruction)",
+        coords=coords,
+        attrs={**attrs, "source_format": "cst-reconstruction"},
+    )
