@@ -1,0 +1,578 @@
+"""The Continuous Spatiotemporal Transformer (CST) network, all three modes in this file.
+
+References:
+1) de Oliveira Fonseca, Zappala, Ortega Caro, van Dijk, "Continuous Spatiotemporal
+   Transformer", ICML 2023 (arXiv 2301.13338), and its release github.com/vandijklab/CST:
+   modes "paper" and "transformer".
+2) Jaegle et al., "Perceiver IO", ICLR 2022, and Azabou et al., "A Unified, Scalable Framework
+   for Neural Population Decoding" (POYO), NeurIPS 2023: the latent bottleneck of mode "cst".
+
+A token is a value vector (V numbers: a ΔF/F sample, a flattened p×p patch, a 2-d state), a
+continuous coordinate (C numbers: t, or t, y, x) and optionally an integer identity (a ROI).
+Missing observations are absent tokens; batches of unequal length are padded and masked.
+
+Mode "cst" (default) is the paper's idea done right:
+- a context encoder reads the observed tokens only. Observed tokens cross-attend into latents
+  that sit on a time grid over the window (Perceiver IO / POYO), the latents self-attend,
+  and each decoder layer's keys and values of the result are cached in a `Context`;
+- a query decoder embeds a query coordinate (Fourier features plus identity) and
+  cross-attends to the context. Queries never attend to each other, so ŷ(q) depends only on
+  q and the observations, and a new query costs one small decoder pass;
+- derivatives of ŷ with respect to the query coordinate are exact at every order: the
+  encoding gives the coordinate jet in closed form and `taylor` carries it through the
+  decoder (`decode_derivatives`), while the encoder keeps the fast SDPA kernels.
+Why a latent bottleneck: a window holds 10-20k observed tokens (300 ROIs × 64 frames).
+Self-attention over all of them costs O(N²) per layer, about 4·10⁸ scores per head, far too
+slow on 2 CPU cores. With L latents the encoder costs O(N·L + L²) and decoding costs
+O(Q·L), independent of N, which keeps a 1,000-query frame within interactive latency. For
+few tokens (the IE spirals: 10 per curve) set `n_latent_times=0`: the encoder then
+self-attends over the observed tokens and the decoder attends to them directly.
+
+Mode "paper" is the published architecture, as a baseline: real tokens plus dummy tokens at
+the query coordinates (values linearly interpolated, see `dummies`), Gaussian input noise in
+training, value embedding plus a linear embedding of the coordinates, a post-LayerNorm
+encoder over all tokens jointly and the release's head at every token. Mode "transformer"
+is the same network, trained with plain MSE instead of the Sobolev loss.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from cst_neuro.model import taylor
+from cst_neuro.model.dummies import add_dummy_tokens
+from cst_neuro.model.encoding import FourierEncoding
+
+Mode = Literal["cst", "transformer", "paper"]
+MODES: tuple[str, ...] = ("cst", "transformer", "paper")
+
+
+def _autocast_off(device: torch.device) -> AbstractContextManager[object]:
+    """A block with autocast off on `device` (a no-op where autocast does not exist)."""
+    try:
+        return torch.autocast(device.type, enabled=False)
+    except RuntimeError:  # a device type autocast does not know, e.g. "meta"
+        return nullcontext()
+
+
+def _key_padding(mask: Tensor | None) -> Tensor | None:
+    """(B, N) True-for-real mask -> (B, 1, 1, N), broadcast over heads and queries."""
+    return None if mask is None else mask[:, None, None, :]
+
+
+class Attention(nn.Module):
+    """Multi-head attention: queries from x, keys and values from a source (x itself by default).
+
+    Uses torch's scaled_dot_product_attention when available (checked once, here), else a
+    hand-written path doing the same maths. `forward_jet` propagates Taylor jets of the
+    queries through attention to fixed keys and values (the query decoder).
+    """
+
+    def __init__(self, config: CSTConfig) -> None:
+        super().__init__()
+        D = config.d_model
+        self.n_heads = config.n_heads
+        self.q = nn.Linear(D, D)
+        self.kv = nn.Linear(D, 2 * D)
+        self.proj = nn.Linear(D, D)
+        self.attn_dropout = config.attn_dropout
+        self.dropout = config.dropout
+        self.flash = config.use_sdpa and hasattr(F, "scaled_dot_product_attention")
+        if config.use_sdpa and not self.flash:
+            warnings.warn(
+                "torch lacks scaled_dot_product_attention: using the slower hand-written attention",
+                stacklevel=2,
+            )
+
+    def split_heads(self, x: Tensor) -> Tensor:
+        """(..., N, D) -> (..., H, N, D/H)."""
+        *lead, N, D = x.shape
+        return x.view(*lead, N, self.n_heads, D // self.n_heads).transpose(-2, -3)
+
+    def merge_heads(self, y: Tensor) -> Tensor:
+        """(..., H, N, D/H) -> (..., N, D)."""
+        *lead, H, N, hd = y.shape
+        return y.transpose(-2, -3).reshape(*lead, N, H * hd)
+
+    def keys_values(self, source: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys and values of a source (B, N, D), each (B, H, N, D/H)."""
+        k, v = self.kv(source).split(self.kv.out_features // 2, dim=-1)
+        return self.split_heads(k), self.split_heads(v)
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+        """softmax(q kᵀ/√d) v with a boolean key mask (True = attend): (B, H, Q, D/H)."""
+        p = self.attn_dropout if self.training else 0.0
+        if self.flash:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.shape[-1]))  # (B, H, Q, N)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        return F.dropout(F.softmax(scores, dim=-1), p, training=p > 0) @ v
+
+    def forward(
+        self, x: Tensor, source: Tensor | None = None, mask: Tensor | None = None
+    ) -> Tensor:
+        """x (B, Q, D) attends to source (B, N, D), masked by (B, 1, 1, N): (B, Q, D)."""
+        k, v = self.keys_values(x if source is None else source)
+        y = self.attend(self.split_heads(self.q(x)), k, v, mask)
+        return F.dropout(self.proj(self.merge_heads(y)), self.dropout, self.training)
+
+    def forward_jet(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+        """Jet x (K+1, B, Q, D) attends to fixed k, v (B, H, N, D/H): jet (K+1, B, Q, D)."""
+        q = self.split_heads(taylor.linear(x, self.q.weight, self.q.bias))  # (K+1, B, H, Q, hd)
+        if x.shape[0] == 1:  # plain values: the fast kernel
+            y = self.attend(q[0], k, v, mask)[None]
+        else:
+            scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.shape[-1]))  # (K+1, B, H, Q, N)
+            if mask is not None:
+                scores = torch.cat(
+                    [
+                        scores[:1].masked_fill(~mask, float("-inf")),
+                        scores[1:].masked_fill(~mask, 0.0),
+                    ]
+                )
+            p = taylor.dropout(taylor.softmax(scores), self.attn_dropout, self.training)
+            y = p @ v  # (K+1, B, H, Q, hd)
+        y = taylor.linear(self.merge_heads(y), self.proj.weight, self.proj.bias)
+        return taylor.dropout(y, self.dropout, self.training)
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward: Linear, GELU, Linear, dropout."""
+
+    def __init__(self, config: CSTConfig) -> None:
+        super().__init__()
+        self.fc = nn.Linear(config.d_model, config.d_ff)
+        self.proj = nn.Linear(config.d_ff, config.d_model)
+        self.dropout = config.dropout
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.dropout(self.proj(F.gelu(self.fc(x))), self.dropout, self.training)
+
+    def forward_jet(self, x: Tensor) -> Tensor:
+        """The same map on a jet (K+1, ..., D)."""
+        h = taylor.gelu(taylor.linear(x, self.fc.weight, self.fc.bias))
+        return taylor.dropout(
+            taylor.linear(h, self.proj.weight, self.proj.bias), self.dropout, self.training
+        )
+
+
+class Block(nn.Module):
+    """Self-attention then MLP in residual branches: pre-LN ("cst") or post-LN (the release)."""
+
+    def __init__(self, config: CSTConfig, pre_norm: bool) -> None:
+        super().__init__()
+        eps = 1e-5 if pre_norm else 1e-12  # the release's TF-style LayerNorm
+        self.pre_norm = pre_norm
+        self.ln_1 = nn.LayerNorm(config.d_model, eps=eps)
+        self.attn = Attention(config)
+        self.ln_2 = nn.LayerNorm(config.d_model, eps=eps)
+        self.mlp = MLP(config)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        if self.pre_norm:
+            x = x + self.attn(self.ln_1(x), mask=mask)
+            return x + self.mlp(self.ln_2(x))
+        x = self.ln_1(x + self.attn(x, mask=mask))
+        return self.ln_2(x + self.mlp(x))
+
+
+class CrossBlock(nn.Module):
+    """Cross-attention to fixed keys/values then MLP (pre-LN), on jets (K+1, B, Q, D).
+
+    Reads tokens into latents (order 0) and decodes queries (any order).
+    """
+
+    def __init__(self, config: CSTConfig) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.d_model)
+        self.attn = Attention(config)
+        self.ln_2 = nn.LayerNorm(config.d_model)
+        self.mlp = MLP(config)
+
+    def forward(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
+        ln_1, ln_2 = self.ln_1, self.ln_2
+        x = x + self.attn.forward_jet(
+            taylor.layer_norm(x, ln_1.weight, ln_1.bias, ln_1.eps), k, v, mask
+        )
+        return x + self.mlp.forward_jet(taylor.layer_norm(x, ln_2.weight, ln_2.bias, ln_2.eps))
+
+
+class PaperHead(nn.Module):
+    """The release's output head: Linear, GELU, LayerNorm, then a bias-free Linear to values."""
+
+    def __init__(self, config: CSTConfig) -> None:
+        super().__init__()
+        self.fc = nn.Linear(config.d_model, config.d_model)
+        self.ln = nn.LayerNorm(config.d_model, eps=1e-12)
+        self.out = nn.Linear(config.d_model, config.value_dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.out(self.ln(F.gelu(self.fc(x))))
+
+
+@dataclass
+class CSTConfig:
+    mode: Mode = "cst"
+    value_dim: int = 1  # V: 1 for ROI traces, p*p for p×p patches, 2 for the IE spirals
+    coord_dims: int = 3  # C: 3 = (t, y, x), 1 = time only
+    n_ids: int = 0  # size of the learned identity table (e.g. ROIs in a recording); 0 = none
+    d_model: int = 128
+    n_heads: int = 4
+    n_layers: int = 4  # encoder blocks (latent self-attention in "cst")
+    n_decoder_layers: int = 1  # "cst" query decoder
+    d_ff: int = 384
+    dropout: float = 0.1
+    attn_dropout: float = 0.0
+    input_noise: float = 0.0  # sd of Gaussian noise added to input values in training (paper: 0.1)
+    n_fourier: int = 64  # "cst": 2 * n_fourier random Fourier features
+    fourier_scale: float | tuple[float, ...] = 8.0  # sd of the frequencies, cycles per unit
+    fourier_seed: int = 0
+    n_latent_times: int = 32  # "cst": latent time grid over [0, 1]; 0 = no latents
+    latents_per_time: int = 4
+    use_sdpa: bool = True  # False forces the hand-written attention everywhere
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"CSTConfig.mode must be one of {MODES}, got {self.mode!r}")
+        if self.d_model % self.n_heads:
+            raise ValueError(
+                f"CSTConfig.d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})"
+            )
+        for name in ("value_dim", "coord_dims", "d_model", "n_heads", "d_ff", "n_fourier"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"CSTConfig.{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("n_ids", "n_layers", "n_decoder_layers", "n_latent_times"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"CSTConfig.{name} must be 0 or more, got {getattr(self, name)}")
+        for name in ("dropout", "attn_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"CSTConfig.{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.input_noise < 0:
+            raise ValueError(f"CSTConfig.input_noise must be >= 0, got {self.input_noise}")
+        if self.latents_per_time < 1:
+            raise ValueError(
+                f"CSTConfig.latents_per_time must be at least 1, got {self.latents_per_time}"
+            )
+        scale = self.fourier_scale
+        if isinstance(scale, tuple) and len(scale) != self.coord_dims:
+            raise ValueError(
+                f"CSTConfig.fourier_scale has {len(scale)} entries but coord_dims is "
+                f"{self.coord_dims}: give one scale, or one per coordinate"
+            )
+
+
+@dataclass
+class Context:
+    """An encoded window: everything `CST.decode` needs, computed once per window."""
+
+    memory: Tensor  # (B, L, D) latents, or observed tokens when there are none, after the encoder
+    kv: list[tuple[Tensor, Tensor]]  # per decoder layer, keys and values (B, H, L, D/H)
+    mask: Tensor | None  # (B, L) True for real entries; None when there is no padding
+
+    def to(self, dtype: torch.dtype) -> Context:
+        """The same context with floating tensors in `dtype`."""
+        return replace(
+            self, memory=self.memory.to(dtype), kv=[(k.to(dtype), v.to(dtype)) for k, v in self.kv]
+        )
+
+
+@contextmanager
+def manual_attention(model: nn.Module) -> Iterator[None]:
+    """Within this block every Attention of `model` uses the hand-written path.
+
+    For double backward through attention (the release's input-Jacobian loss): PyTorch's fast
+    attention kernels support neither double backward nor forward-mode AD.
+    """
+    modules = [m for m in model.modules() if isinstance(m, Attention)]
+    saved = [m.flash for m in modules]
+    for m in modules:
+        m.flash = False
+    try:
+        yield
+    finally:
+        for m, flash in zip(modules, saved, strict=True):
+            m.flash = flash
+
+
+class CST(nn.Module):
+    """The CST network; `config.mode` picks the "cst" or the paper's architecture.
+
+    Mode "cst": `encode(values, coords, ids, mask) -> Context`, then
+    `decode(context, query_coords, query_ids) -> (B, Q, V)` and
+    `decode_derivatives(...) -> (K+1, B, Q, V)`.
+    Modes "paper" and "transformer": `forward_tokens(values, coords, ids, mask) -> (B, N, V)`,
+    a prediction at every (real or dummy) token.
+    All modes: `forward(values, coords, ids, mask, query_coords=, query_ids=) -> (B, Q, V)`.
+    """
+
+    def __init__(self, config: CSTConfig) -> None:
+        super().__init__()
+        self.config = config
+        D, C = config.d_model, config.coord_dims
+        cst = config.mode == "cst"
+        self.value_embed = nn.Linear(config.value_dim, D, bias=cst)  # bias-free in the release
+        self.id_embed = nn.Embedding(config.n_ids, D) if config.n_ids else None
+        self.drop = nn.Dropout(config.dropout)
+        if cst:
+            self.coord_embed: nn.Module = FourierEncoding(
+                C, config.n_fourier, config.fourier_scale, D, config.fourier_seed
+            )
+            self.latent_embed = None
+            if config.n_latent_times:
+                times = torch.linspace(0.0, 1.0, config.n_latent_times)
+                latent_coords = torch.zeros(config.n_latent_times, C)
+                latent_coords[:, 0] = times  # latents have a time, not a place: y = x = 0
+                self.register_buffer("latent_coords", latent_coords, persistent=False)
+                self.latent_embed = nn.Parameter(torch.zeros(config.latents_per_time, D))
+                self.ln_tokens = nn.LayerNorm(D)
+                self.read_in = CrossBlock(config)
+            self.encoder = nn.ModuleList(
+                [Block(config, pre_norm=True) for _ in range(config.n_layers)]
+            )
+            self.ln_memory = nn.LayerNorm(D)
+            self.decoder = nn.ModuleList(
+                [CrossBlock(config) for _ in range(config.n_decoder_layers)]
+            )
+            self.ln_out = nn.LayerNorm(D)
+            self.head: nn.Module = nn.Linear(D, config.value_dim)
+        else:
+            self.coord_embed = nn.Linear(C, D)  # the release's Linear(3 -> dim) on coordinates
+            self.ln_embed = nn.LayerNorm(D, eps=1e-12)
+            self.encoder = nn.ModuleList(
+                [Block(config, pre_norm=False) for _ in range(config.n_layers)]
+            )
+            self.head = PaperHead(config)
+
+        self.apply(self._init_weights)
+        if cst:
+            # inputs are data, not hidden states: unit-variance embeddings of unit-variance inputs
+            for layer in (self.value_embed, self.coord_embed.proj):
+                nn.init.normal_(layer.weight, std=layer.in_features**-0.5)
+            if self.latent_embed is not None:
+                nn.init.normal_(self.latent_embed, std=0.02)
+            # scaled init of the residual projections, per GPT-2
+            n_branches = 2 * (config.n_layers + config.n_decoder_layers + 1)
+            for name, p in self.named_parameters():
+                if name.endswith(("attn.proj.weight", "mlp.proj.weight")):
+                    nn.init.normal_(p, std=0.02 / math.sqrt(n_branches))
+        else:  # as released
+            nn.init.xavier_normal_(self.head.out.weight, gain=nn.init.calculate_gain("tanh"))
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if self.config.mode != "cst":
+            return  # paper/transformer keep PyTorch's default init, as the release does
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, exclude_ids: bool = False) -> int:
+        """Number of trainable parameters.
+
+        The Fourier frequencies are a fixed buffer and never counted. With `exclude_ids`, the
+        identity table is left out: it grows with the recording (one row per ROI), not with
+        the model.
+        """
+        n = sum(p.numel() for p in self.parameters())
+        if exclude_ids and self.id_embed is not None:
+            n -= self.id_embed.weight.numel()
+        return n
+
+    # ---- input checks -------------------------------------------------------------------
+
+    def _check_coords(self, coords: Tensor, name: str) -> None:
+        C = self.config.coord_dims
+        if coords.dim() != 3 or coords.shape[-1] != C:
+            raise ValueError(
+                f"{name} must be (B, N, coord_dims={C}), got {tuple(coords.shape)}; "
+                "set CSTConfig.coord_dims to the number of coordinates per token"
+            )
+
+    def _check_ids(self, ids: Tensor | None, shape: torch.Size, name: str) -> None:
+        if self.config.n_ids and ids is None:
+            raise ValueError(
+                f"this model embeds identities (n_ids={self.config.n_ids}): pass {name}"
+            )
+        if ids is None:
+            return
+        if not self.config.n_ids:
+            raise ValueError(
+                f"{name} given but CSTConfig.n_ids is 0: set n_ids to the number of identities"
+            )
+        if ids.shape != shape or ids.is_floating_point():
+            raise ValueError(
+                f"{name} must be integer (B, N) = {tuple(shape)}, "
+                f"got {ids.dtype} {tuple(ids.shape)}"
+            )
+
+    def _check_tokens(
+        self, values: Tensor, coords: Tensor, ids: Tensor | None, mask: Tensor | None
+    ) -> None:
+        V = self.config.value_dim
+        if values.dim() != 3 or values.shape[-1] != V:
+            raise ValueError(
+                f"values must be (B, N, value_dim={V}), got {tuple(values.shape)}; "
+                "set CSTConfig.value_dim to the length of a token's value vector"
+            )
+        self._check_coords(coords, "coords")
+        if coords.shape[:2] != values.shape[:2]:
+            raise ValueError(
+                f"coords {tuple(coords.shape)} and values {tuple(values.shape)} differ in (B, N)"
+            )
+        self._check_ids(ids, values.shape[:2], "ids")
+        if mask is not None:
+            if mask.dtype != torch.bool or mask.shape != values.shape[:2]:
+                raise ValueError(
+                    f"mask must be bool (B, N) = {tuple(values.shape[:2])}, "
+                    f"got {mask.dtype} {tuple(mask.shape)}"
+                )
+            if not bool(mask.any(-1).all()):
+                raise ValueError(
+                    "every sample needs at least one observed token (a mask row is all False)"
+                )
+
+    def _require(self, cst: bool, method: str) -> None:
+        if (self.config.mode == "cst") != cst:
+            use = "forward_tokens (or forward)" if cst else "encode/decode (or forward)"
+            raise ValueError(f"{method}() is not available in mode {self.config.mode!r}: use {use}")
+
+    # ---- shared -------------------------------------------------------------------------
+
+    def embed_tokens(self, values: Tensor, coords: Tensor, ids: Tensor | None = None) -> Tensor:
+        """Value + coordinate (+ identity) embedding, (B, N, D); input noise when training."""
+        if self.training and self.config.input_noise > 0:
+            values = values + self.config.input_noise * torch.randn_like(values)
+        x = self.value_embed(values) + self.coord_embed(coords)
+        if self.id_embed is not None:
+            x = x + self.id_embed(ids)
+        return x
+
+    def forward(
+        self,
+        values: Tensor,
+        coords: Tensor,
+        ids: Tensor | None = None,
+        mask: Tensor | None = None,
+        *,
+        query_coords: Tensor,
+        query_ids: Tensor | None = None,
+    ) -> Tensor:
+        """Predict values (B, Q, V) at query coordinates (B, Q, C) from observed tokens.
+
+        Args:
+            values: (B, N, V) observed values.
+            coords: (B, N, C) their coordinates, normalised (time in [0, 1] over the window).
+            ids: (B, N) integer identities, when `n_ids` > 0.
+            mask: (B, N) bool, True for real tokens, False for padding; None = all real.
+            query_coords, query_ids: (B, Q, C) and (B, Q), like coords and ids.
+        """
+        if self.config.mode == "cst":
+            return self.decode(self.encode(values, coords, ids, mask), query_coords, query_ids)
+        tokens = add_dummy_tokens(
+            values, coords, query_coords, mask=mask, ids=ids, dummy_ids=query_ids
+        )
+        out = self.forward_tokens(tokens.values, tokens.coords, tokens.ids, tokens.mask)
+        return out[:, values.shape[1] :]  # the dummies' predictions
+
+    # ---- mode "cst" ---------------------------------------------------------------------
+
+    def encode(
+        self, values: Tensor, coords: Tensor, ids: Tensor | None = None, mask: Tensor | None = None
+    ) -> Context:
+        """Encode the observed tokens of a window (see `forward` for shapes) into a Context."""
+        self._require(cst=True, method="encode")
+        self._check_tokens(values, coords, ids, mask)
+        x = self.drop(self.embed_tokens(values, coords, ids))  # (B, N, D)
+        key_mask = _key_padding(mask)
+        if self.latent_embed is None:
+            for block in self.encoder:
+                x = block(x, mask=key_mask)
+            memory, memory_mask = x, mask
+        else:
+            B, D = x.shape[0], x.shape[-1]
+            times = self.coord_embed(self.latent_coords)  # (T, D)
+            latents = times[:, None, :] + self.latent_embed[None, :, :]  # (T, P, D)
+            latents = latents.view(1, -1, D).expand(B, -1, -1)  # (B, L, D), L = T·P
+            k, v = self.read_in.attn.keys_values(self.ln_tokens(x))  # (B, H, N, D/H)
+            z = self.read_in(latents[None], k, v, key_mask)[0]  # (B, L, D)
+            for block in self.encoder:
+                z = block(z)
+            memory, memory_mask = z, None
+        memory = self.ln_memory(memory)
+        return Context(
+            memory, [block.attn.keys_values(memory) for block in self.decoder], memory_mask
+        )
+
+    def decode(self, context: Context, coords: Tensor, ids: Tensor | None = None) -> Tensor:
+        """Predictions (B, Q, V) at query coordinates (B, Q, C) with identities (B, Q)."""
+        self._require(cst=True, method="decode")
+        self._check_coords(coords, "query coords")
+        self._check_ids(ids, coords.shape[:2], "query ids")
+        return self._decode_jet(context, self.coord_embed(coords)[None], ids)[0]
+
+    def decode_derivatives(
+        self,
+        context: Context,
+        coords: Tensor,
+        ids: Tensor | None = None,
+        *,
+        order: int,
+        direction: int | Tensor = 0,
+    ) -> Tensor:
+        """Exact derivatives d^q ŷ(c + s u)/ds^q at s = 0, q = 0..order: (order + 1, B, Q, V).
+
+        `direction` u is a coordinate axis (0 = t: ∂^q ŷ/∂t^q) or a (B, Q, C) tensor of
+        directions. Computed in the parameters' dtype with autocast off, by Taylor-mode
+        propagation of the encoding's closed-form jet; gradients reach every parameter
+        through one ordinary backward.
+        """
+        self._require(cst=True, method="decode_derivatives")
+        self._check_coords(coords, "query coords")
+        self._check_ids(ids, coords.shape[:2], "query ids")
+        dtype = self.head.weight.dtype
+        with _autocast_off(coords.device):
+            jet = self.coord_embed.jet(coords.to(dtype), order, direction)  # (K+1, B, Q, D)
+            return taylor.to_derivatives(self._decode_jet(context.to(dtype), jet, ids))
+
+    def _decode_jet(self, context: Context, x: Tensor, ids: Tensor | None) -> Tensor:
+        """Query-embedding jet (K+1, B, Q, D) -> prediction jet (K+1, B, Q, V)."""
+        B = x.shape[1]
+        if context.memory.shape[0] not in (1, B):
+            raise ValueError(f"context has batch size {context.memory.shape[0]}, queries {B}")
+        if self.id_embed is not None:
+            x = taylor.add0(x, self.id_embed(ids))
+        x = taylor.dropout(x, self.config.dropout, self.training)
+        mask = None if context.mask is None else _key_padding(context.mask.expand(B, -1))
+        for block, (k, v) in zip(self.decoder, context.kv, strict=True):
+            x = block(x, k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1), mask)
+        x = taylor.layer_norm(x, self.ln_out.weight, self.ln_out.bias, self.ln_out.eps)
+        return taylor.linear(x, self.head.weight, self.head.bias)
+
+    # ---- modes "paper" and "transformer" ------------------------------------------------
+
+    def forward_tokens(
+        self, values: Tensor, coords: Tensor, ids: Tensor | None = None, mask: Tensor | None = None
+    ) -> Tensor:
+        """The paper's network: a prediction (B, N, V) at every token, real or dummy.
+
+        Build real + dummy tokens with `dummies.add_dummy_tokens`; shapes as in `forward`.
+        """
+        self._require(cst=False, method="forward_tokens")
+        self._check_tokens(values, coords, ids, mask)
+        x = self.drop(self.ln_embed(self.embed_tokens(values, coords, ids)))  # (B, N, D)
+        key_mask = _key_padding(mask)
+        for block in self.encoder:
+            x = block(x, mask=key_mask)
+        return self.head(x)
