@@ -1,8 +1,9 @@
 """From a Recording to model tokens: time splits, normalisation, windows, token batches.
 
-A window of W frames is the unit of training and inference: only its frames are read
-from the (lazy, zarr-backed) Recording, so memory is bounded by the window, never by the
-recording. Both layouts become *channels* with a fixed position and a value vector:
+A window of W frames is the unit of training and inference. A modelled variable up to
+``memory_budget`` bytes is loaded once (random windows then cost nothing); a larger one
+stays lazy and only each window's frames are read from the zarr store, so memory is
+bounded by the budget and the window, never by the recording's length. Both layouts become *channels* with a fixed position and a value vector:
 
 - ROI traces: a channel per ROI at (roi_y, roi_x), value size 1, token time
   ``time[i] + roi_time_offset[r]`` (multi-plane scan offsets honoured);
@@ -24,6 +25,8 @@ import torch
 import xarray as xr
 
 from cst_neuro.errors import InputError
+
+MEMORY_BUDGET = 2 << 30  # bytes of a modelled variable held in memory; larger ones stream
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,7 @@ class ChannelWindows:
         patch: int = 4,
         allowed: np.ndarray | None = None,
         normalizer: Normalizer | None = None,
+        memory_budget: int = MEMORY_BUDGET,
     ) -> None:
         self.var = var or _default_var(ds)
         self.window = int(window)
@@ -138,6 +142,9 @@ class ChannelWindows:
         self.t0 = float(ds["time"].values[0])
         self.allowed = np.ones(self.n_frames, bool) if allowed is None else np.asarray(allowed)
         self.values = channel_view(ds, self.var, patch=patch)
+        if self.values.nbytes <= memory_budget:
+            # random windows from memory; a lazy graph (e.g. unsaved ΔF/F) is computed once
+            self.values = self.values.load()
         self.layout = "grid" if ds[self.var].ndim == 3 else "traces"
         self.patch = patch if self.layout == "grid" else 1
         self.positions, self.offsets_frames, self.fov = channel_positions(ds, self.var, patch)

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from cst_neuro import __version__
-from cst_neuro._cli import recordings
+from cst_neuro._cli import models, recordings
 from cst_neuro._cli.common import setup_logging
 
 app = typer.Typer(
@@ -20,6 +20,8 @@ app = typer.Typer(
 app.command()(recordings.ingest)
 app.command()(recordings.info)
 app.command()(recordings.simulate)
+app.command()(models.fit)
+app.command()(models.reconstruct)
 
 
 def _version(value: bool) -> None:
