@@ -3,7 +3,9 @@
 A window of W frames is the unit of training and inference. A modelled variable up to
 ``memory_budget`` bytes is loaded once (random windows then cost nothing); a larger one
 stays lazy and only each window's frames are read from the zarr store, so memory is
-bounded by the budget and the window, never by the recording's length. Both layouts become *channels* with a fixed position and a value vector:
+bounded by the budget and the window, never by the recording's length.
+
+Both layouts become *channels* with a fixed position and a value vector:
 
 - ROI traces: a channel per ROI at (roi_y, roi_x), value size 1, token time
   ``time[i] + roi_time_offset[r]`` (multi-plane scan offsets honoured);

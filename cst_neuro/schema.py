@@ -2,28 +2,34 @@
 
 Schema (version ``SCHEMA_VERSION``):
 
-- dims ``time``, ``roi``; ``y``, ``x`` for images and grids; ``pix`` for footprint pixels.
+- dims ``time``, ``roi``; ``y``, ``x`` for images and grids; ``pix`` for footprint pixels;
+  ``plane`` for per-plane images.
 - coords: ``time`` (seconds, float64, acquisition time of the frame, i.e. of plane 0 in a
   multi-plane volume); ``roi`` (int64 ids: the ROI's index in its source); ``roi_y``,
   ``roi_x`` (centroids, pixels); ``roi_plane`` (int16) and ``roi_time_offset`` (seconds,
   float64: the scan offset of the ROI's plane, so the true sample time of ROI r at frame i
   is ``time[i] + roi_time_offset[r]``); ``y``, ``x`` (pixel indices: pixel i is centred
   at coordinate i, the convention of Suite2p's ypix/xpix; binned grids use block centres).
-- data vars, only what the source has: ``dff``, ``F``, ``Fneu``, ``spks`` (time, roi)
-  float32; ``dff_guarded`` (roi) int32, samples whose ΔF/F denominator was floored
-  (see ``cst_neuro.preprocess``); ``iscell`` (roi) bool, ``cell_prob`` (roi) float32; footprints as sparse pixel
-  lists ``footprint_roi`` (position along ``roi``), ``footprint_y``, ``footprint_x``,
-  ``footprint_weight`` (pix); ``mean_image`` (y, x), or (plane, y, x) for several planes;
-  ``grid`` (time, y, x) float32;
-  ``grid_mask`` (y, x) bool where a grid rendered from ROIs has data (NaN elsewhere);
+- data vars, only what the source has:
+  ``dff``, ``F``, ``Fneu``, ``spks`` (time, roi) float32, with attr ``trace_kind`` where a
+  reader knows it (unknown, dff, fluorescence, neuropil, deconvolved, caiman_C);
+  ``dff_guarded`` (roi) int32, samples whose ΔF/F denominator was floored;
+  ``iscell`` (roi) bool, ``cell_prob`` (roi) float32;
+  footprints as sparse pixel lists on ``pix``: ``footprint_roi`` (int32 position along
+  ``roi``), ``footprint_y``, ``footprint_x`` (int32), ``footprint_weight`` (float32);
+  ``mean_image`` (y, x), or (plane, y, x) for several planes;
+  ``grid`` (time, y, x) float32, with ``grid_mask`` (y, x) bool where a grid rendered
+  from ROIs has data (NaN elsewhere);
   ``movie`` (time, y, x) the raw registered movie (Suite2p ``data.bin``), lazy, in the
-  source's dtype (int16 for Suite2p);
-  ``valid`` (time) bool, False where any trace sample of the frame (or, without traces,
-  any grid pixel) is missing or non-finite, or the source flagged the frame as bad
-  (Suite2p ``badframes``). Missing samples are NaN, never zero.
-- attrs: ``schema_version``, ``fs`` (Hz), ``source_format``, ``source_name``,
-  ``source_version``, ``neuropil_coefficient``, ``dff_method``, ``dff_params`` (JSON),
-  ``cst_neuro_version``, ``nplanes``, ``n_bad_frames``.
+  source's dtype;
+  ``valid`` (time) bool, False where a trace sample of the frame (or, without traces, a
+  grid pixel) is missing or non-finite, ignoring channels that are never finite, or where
+  the source flagged the frame as bad (Suite2p ``badframes``).
+  Missing samples are NaN, never zero.
+- attrs: ``schema_version``, ``fs`` (Hz), ``source_format``, ``source_name`` (the file or
+  folder name, never an absolute path), ``source_version``, ``neuropil_coefficient``,
+  ``dff_method``, ``dff_params`` (JSON), ``cst_neuro_version``, ``nplanes``,
+  ``n_bad_frames``.
 """
 
 from __future__ import annotations
@@ -89,12 +95,18 @@ def new_recording(
 
 
 def finite_frames(ds: xr.Dataset) -> xr.DataArray:
-    """``valid(time)``: True where every trace sample (or, without traces, grid pixel) is finite."""
+    """``valid(time)``: True where every trace sample (or, without traces, grid pixel) is finite.
+
+    Channels (ROIs, pixels) with no finite sample at all are left out, so that one dead
+    ROI does not mark every frame invalid.
+    """
     valid = xr.DataArray(np.ones(ds.sizes["time"], dtype=bool), dims="time")
     names = [v for v in TRACE_VARS if v in ds] or (["grid"] if "grid" in ds else [])
     for name in names:
         other = [d for d in ds[name].dims if d != "time"]
-        valid = valid & np.isfinite(ds[name]).all(dim=other)
+        finite = np.isfinite(ds[name])
+        alive = finite.any(dim="time")
+        valid = valid & (finite | ~alive).all(dim=other)
     return valid
 
 

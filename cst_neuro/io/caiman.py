@@ -128,14 +128,7 @@ def read_npz(path: Path) -> dict[str, Any]:
         raise InputError(path, "not a CaImAn result: needs A (or A_full) and C (or C_full)")
 
     def get(key: str) -> Any:
-        if key not in names:
-            return None
-        try:
-            return load_npz_object(path, key, allow_sparse=True)
-        except InputError:  # includes UnsafePickleError: already names the file
-            raise
-        except ZIP_ERRORS as e:  # a damaged member that load_npz_object lets through
-            raise InputError(path, f"member {key!r} is corrupt ({e})") from e
+        return load_npz_object(path, key, allow_sparse=True) if key in names else None
 
     dims = get("dims")
     if dims is None and {"d1", "d2"} <= names:

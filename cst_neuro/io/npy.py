@@ -10,6 +10,7 @@ size. It exposes ``shape``/``dtype``/``__getitem__`` and so works with ``dask.ar
 from __future__ import annotations
 
 import os
+import tokenize
 from pathlib import Path
 from typing import Any
 
@@ -118,7 +119,7 @@ def open_npy(path: str | os.PathLike[str]) -> NumericFile | np.ndarray:
         raise InputError(path, "expected a .npy file, found a folder") from e
     except OSError as e:
         raise InputError(path, f"cannot read file ({e.strerror or e})") from e
-    except (ValueError, SyntaxError, EOFError) as e:
+    except (ValueError, SyntaxError, EOFError, tokenize.TokenError) as e:
         raise InputError(path, f"not a valid .npy file ({e})") from e
     if dtype.hasobject:
         raise InputError(path, "expected a numeric array, found pickled objects")

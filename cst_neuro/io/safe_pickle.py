@@ -14,6 +14,8 @@ import datetime
 import io
 import os
 import pickle
+import tokenize
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -137,7 +139,7 @@ def _read_npy_header(fh: BinaryIO, path: Path) -> tuple[tuple[int, ...], bool, n
             shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
         else:
             shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
-    except (ValueError, OSError, SyntaxError, EOFError) as e:
+    except (ValueError, OSError, SyntaxError, EOFError, tokenize.TokenError) as e:
         raise InputError(path, f"not a valid .npy file ({e})") from e
     return shape, fortran, dtype
 
@@ -152,7 +154,7 @@ def load_npz_object(path: str | os.PathLike[str], key: str, *, allow_sparse: boo
             raw = zf.read(f"{key}.npy")
     except KeyError as e:
         raise InputError(path, f"archive has no array named {key!r}") from e
-    except (OSError, zipfile.BadZipFile) as e:
+    except (OSError, EOFError, NotImplementedError, zlib.error, zipfile.BadZipFile) as e:
         raise InputError(path, f"not a readable .npz archive ({e})") from e
     fh = io.BytesIO(raw)
     _shape, _fortran, dtype = _read_npy_header(fh, path)
@@ -160,7 +162,7 @@ def load_npz_object(path: str | os.PathLike[str], key: str, *, allow_sparse: boo
         fh.seek(0)
         try:
             return np.load(fh, allow_pickle=False)
-        except ValueError as e:
+        except (ValueError, EOFError, OSError) as e:
             raise InputError(path, f"member {key!r} is corrupt ({e})") from e
     arr = safe_unpickle(fh, source=f"{path}[{key}]", allow_sparse=allow_sparse)
     return arr.item() if isinstance(arr, np.ndarray) and arr.shape == () else arr

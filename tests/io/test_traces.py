@@ -76,7 +76,7 @@ def test_zebrafish_nans_stay_nan_and_mark_frames_invalid(shared_data: Path) -> N
     F = ds["F"].values
     np.testing.assert_array_equal(np.isnan(F), np.isnan(raw.T))
     assert np.isnan(F).sum() == 520  # two ROIs are NaN throughout, never zero-filled
-    np.testing.assert_array_equal(ds["valid"].values, ~np.isnan(F).any(axis=1))
+    assert ds["valid"].values.all()  # ...and being dead, they do not invalidate every frame
     np.testing.assert_allclose(F, raw.T.astype(np.float32))
 
 
