@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import xarray as xr
 
@@ -25,20 +26,21 @@ def prepare_recording(
     source: str | os.PathLike[str],
     *,
     format: str = "auto",
-    fs: float | None = None,
-    time_axis: int | None = None,
     neuropil: float | None = None,
     baseline: str = "maximin",
-    all_rois: bool = False,
     grid_bin: int | None = None,
+    **reader_options: Any,
 ) -> xr.Dataset:
-    """Open ``source`` and add ΔF/F and an optional grid, all lazily (nothing is computed)."""
+    """Open ``source`` and add ΔF/F and an optional grid, all lazily (nothing is computed).
+
+    ``reader_options`` go to the format's reader (``fs``, ``time_axis``, ``all_rois``,
+    ``key``, ``dims``, ``series``, ``swap_xy``); None or False means "not given".
+    """
     from cst_neuro.grid import render_grid
     from cst_neuro.preprocess import compute_dff
 
-    ds = open_recording(
-        source, format=format, fs=fs, time_axis=time_axis, all_rois=all_rois or None
-    )
+    given = {k: v for k, v in reader_options.items() if v is not None and v is not False}
+    ds = open_recording(source, format=format, **given)
     if "F" in ds and "dff" not in ds:
         ds = compute_dff(ds, baseline=baseline, neuropil=neuropil)
     elif "dff" in ds and baseline not in ("maximin", "none"):
@@ -73,9 +75,9 @@ def ingest(
     *,
     overwrite: bool = False,
     progress: bool = False,
-    **options: object,
+    **options: Any,
 ) -> Path:
     """Ingest ``source`` into the zarr store ``output``; options as in ``prepare_recording``."""
     check_writable(output, overwrite=overwrite)
-    ds = prepare_recording(source, **options)  # type: ignore[arg-type]
+    ds = prepare_recording(source, **options)
     return write_recording(ds, output, overwrite=overwrite, progress=progress)

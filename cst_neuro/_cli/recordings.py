@@ -51,6 +51,19 @@ def ingest(
     grid_bin: Annotated[
         int | None, typer.Option(min=1, help="Also store a grid binned N x N pixels.")
     ] = None,
+    key: Annotated[
+        str | None, typer.Option(help="Traces: which array in the file (e.g. dF_traces).")
+    ] = None,
+    dims: Annotated[
+        tuple[int, int] | None, typer.Option(help="CaImAn: image size D1 D2 (rows, columns).")
+    ] = None,
+    series: Annotated[
+        str | None, typer.Option(help="NWB: which RoiResponseSeries (name or Container/name).")
+    ] = None,
+    swap_xy: Annotated[
+        bool | None,
+        typer.Option("--swap-xy/--no-swap-xy", help="NWB: force the pixel-mask x/y order."),
+    ] = None,
     run_suite2p: Annotated[
         bool, typer.Option(help="Run Suite2p (extra 'suite2p') on a raw movie first.")
     ] = False,
@@ -67,6 +80,10 @@ def ingest(
         baseline=baseline.value,
         all_rois=all_rois,
         grid_bin=grid_bin,
+        key=key,
+        dims=dims,
+        series=series,
+        swap_xy=swap_xy,
     )
     if run_suite2p:
         from cst_neuro.io.run_suite2p import run_suite2p as run_s2p
