@@ -166,7 +166,7 @@ class ChannelWindows:
         return block
 
     def coords(self, frames: np.ndarray, channels: np.ndarray, start: float) -> np.ndarray:
-        """Normalised (t, y, x) of samples at (possibly fractional) frame indices."""
+        """Normalised (t, y, x) of samples at absolute (possibly fractional) frame indices."""
         t = (frames + self.offsets_frames[channels] - start) / self.window
         yx = self.positions[channels] / self.fov
         return np.column_stack([t, yx]).astype(np.float32)
@@ -177,7 +177,7 @@ class ChannelWindows:
         vals = block[frame, channel]  # (N, V)
         observed = np.isfinite(vals)
         return {
-            "coords": self.coords(frame.astype(np.float64), channel, start),
+            "coords": self.coords(frame.astype(np.float64) + start, channel, start),
             "values": np.where(observed, vals, 0.0).astype(np.float32),
             "ids": channel.astype(np.int64),
             "value_mask": observed,
