@@ -44,11 +44,11 @@ import numpy as np
 import xarray as xr
 
 from cst_neuro.errors import InputError
+from cst_neuro.io import npy
 
 if TYPE_CHECKING:
     from scipy.sparse import csr_matrix
 
-BLOCK_BYTES = 64 * 2**20  # float32 bytes of grid per dask chunk
 FOOTPRINT_VARS = ("footprint_roi", "footprint_y", "footprint_x", "footprint_weight")
 
 
@@ -81,7 +81,7 @@ def render_grid(ds: xr.Dataset, *, var: str = "dff", bin: int = 1) -> xr.Dataset
         inv_colsum = np.where(colsum > 0, 1 / colsum, np.nan).astype(np.float32)
 
     n_time = traces.sizes["time"]
-    t_chunk = max(1, min(n_time, BLOCK_BYTES // (4 * Yb * Xb)))
+    t_chunk = npy.rows_per_chunk(4 * Yb * Xb, n_time)
     data = traces.data
     if isinstance(data, da.Array):
         data = data.rechunk({0: t_chunk, 1: -1})

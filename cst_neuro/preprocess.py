@@ -59,6 +59,7 @@ from scipy import fft as sp_fft
 from scipy import ndimage
 
 from cst_neuro.errors import InputError
+from cst_neuro.io import npy
 from cst_neuro.schema import dumps_params
 
 logger = logging.getLogger(__name__)
@@ -66,7 +67,6 @@ logger = logging.getLogger(__name__)
 BASELINES = ("maximin", "percentile", "prctile", "none")
 SUITE2P_NEUROPIL = 0.7  # Suite2p's default neucoeff, used when the Recording has none
 GUARD_FRACTION = 0.01  # F0 below 1 % of the ROI's mean |F| counts as "near zero"
-BLOCK_BYTES = 64 * 2**20  # float32 bytes of F per dask block (all frames of some ROIs)
 GAUSS_TRUNCATE = 4.0  # as scipy.ndimage.gaussian_filter1d
 _ROW_GROUP = 32  # ROIs copied together into time-contiguous rows (cache-friendly)
 _F32_MAX = float(np.finfo(np.float32).max)
@@ -469,10 +469,10 @@ def compute_dff(
 def _roi_blocks(F: xr.DataArray) -> dict[str, int | tuple[int, ...]]:
     """Chunks {time: all, roi: block}: keep existing all-frame ROI chunks if not too big."""
     n_time = F.sizes["time"]
-    block = max(1, min(F.sizes["roi"], BLOCK_BYTES // (4 * n_time)))
+    block = npy.rows_per_chunk(4 * n_time, F.sizes["roi"])
     if F.chunks is not None:
         chunks = dict(zip(F.dims, F.chunks, strict=True))
-        if len(chunks["time"]) == 1 and max(chunks["roi"]) * 4 * n_time <= 2 * BLOCK_BYTES:
+        if len(chunks["time"]) == 1 and max(chunks["roi"]) * 4 * n_time <= 2 * npy.CHUNK_BYTES:
             return {"time": -1, "roi": chunks["roi"]}
     return {"time": -1, "roi": block}
 

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from cst_neuro import grid as grid_module
 from cst_neuro.errors import InputError
 from cst_neuro.grid import bin_movie, render_grid
+from cst_neuro.io import npy
 from cst_neuro.schema import frame_times, new_recording
 
 SETTINGS = settings(derandomize=True, deadline=None, max_examples=60)
@@ -196,7 +197,7 @@ def test_grid_is_lazy_and_chunking_does_not_change_values(rng, chunks):
 
 def test_grid_graph_builds_without_computing_and_bounds_chunks(monkeypatch):
     T, R, shape = 50, 4, (8, 8)
-    monkeypatch.setattr(grid_module, "BLOCK_BYTES", 4 * 64 * 7)  # 7 frames per chunk
+    monkeypatch.setattr(npy, "CHUNK_BYTES", 4 * 64 * 7)  # 7 frames per chunk
 
     def explode(block):
         raise AssertionError("computed while building the graph")

@@ -15,6 +15,7 @@ from scipy import ndimage
 
 from cst_neuro import preprocess
 from cst_neuro.errors import InputError
+from cst_neuro.io import npy
 from cst_neuro.preprocess import (
     baseline_maximin,
     baseline_percentile,
@@ -317,7 +318,7 @@ def test_nan_samples_stay_nan_and_do_not_spread(rng):
 @pytest.mark.parametrize("method", ["maximin", "percentile", "prctile", "none"])
 @pytest.mark.parametrize("chunks", [(50, 2), (-1, 3), (333, -1)])
 def test_dask_path_equals_numpy_path_exactly(rng, monkeypatch, method, chunks):
-    monkeypatch.setattr(preprocess, "BLOCK_BYTES", 4 * 400 * 2)  # blocks of 2 ROIs
+    monkeypatch.setattr(npy, "CHUNK_BYTES", 4 * 400 * 2)  # blocks of 2 ROIs
     F, Fneu = positive_traces(rng, T=400, R=7)
     F[10:30, 1] = np.nan
     eager = compute_dff(recording(F, Fneu, coefficient=0.7), baseline=method, win_baseline=5.0)
@@ -332,7 +333,7 @@ def test_dask_path_equals_numpy_path_exactly(rng, monkeypatch, method, chunks):
 
 def test_compute_dff_is_lazy_and_blocks_bound_memory(rng, monkeypatch):
     T, R = 500, 40
-    monkeypatch.setattr(preprocess, "BLOCK_BYTES", 4 * T * 6)  # 6 ROIs per block
+    monkeypatch.setattr(npy, "CHUNK_BYTES", 4 * T * 6)  # 6 ROIs per block
 
     def explode(block):
         raise AssertionError("computed while building the graph")

@@ -28,7 +28,7 @@ import xarray as xr
 
 from cst_neuro.errors import InputError
 from cst_neuro.io.base import Reader, register
-from cst_neuro.io.npy import NumericFile, as_dask
+from cst_neuro.io.npy import NumericFile, as_dask, rows_per_chunk
 from cst_neuro.io.traces import resolve_fs
 from cst_neuro.schema import frame_times, new_recording
 
@@ -39,7 +39,6 @@ TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 NOT_TIME_AXES = {"C": "channels", "S": "colour samples (RGB)", "Y": "y", "X": "x"}
 TIME_UNITS = {"s": 1.0, "sec": 1.0, "second": 1.0, "seconds": 1.0, "ms": 1e-3}
 TIME_UNITS |= {"msec": 1e-3, "us": 1e-6, "\u00b5s": 1e-6, "min": 60.0, "minute": 60.0}
-CHUNK_BYTES = 32 * 2**20
 
 
 class ZarrFrames:
@@ -143,7 +142,7 @@ def describe_tiff(path: Path) -> dict[str, Any]:
 def lazy_frames(path: Path, info: dict[str, Any], shape: tuple[int, int, int]) -> Any:
     """A (time, y, x) dask array of the movie in its stored dtype, reading nothing yet."""
     dtype = info["dtype"]
-    frames = max(1, min(shape[0], CHUNK_BYTES // (shape[1] * shape[2] * dtype.itemsize)))
+    frames = rows_per_chunk(shape[1] * shape[2] * dtype.itemsize, shape[0])
     if info["offset"] is not None and dtype.kind in "iuf":
         arr = NumericFile(path, shape, dtype, info["offset"])  # checks the file's size
         return as_dask(arr, (frames, shape[1], shape[2]))

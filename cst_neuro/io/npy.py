@@ -18,6 +18,16 @@ import numpy as np
 
 from cst_neuro.errors import InputError
 
+# Target bytes of one lazy block (a dask chunk) everywhere in the library: small enough
+# that the few blocks in flight per thread keep ingest well under 1 GB, large enough that
+# per-task overhead stays negligible.
+CHUNK_BYTES = 16 * 2**20
+
+
+def rows_per_chunk(row_nbytes: int, n_rows: int) -> int:
+    """How many rows of ``row_nbytes`` make one block of about ``CHUNK_BYTES``."""
+    return max(1, min(max(n_rows, 1), CHUNK_BYTES // max(row_nbytes, 1)))
+
 
 class NumericFile:
     """A read-only, lazily read C-ordered numeric array stored at ``offset`` in ``path``."""

@@ -42,15 +42,13 @@ import xarray as xr
 
 from cst_neuro.errors import InputError
 from cst_neuro.io.base import Reader, register
-from cst_neuro.io.npy import NumericFile, as_dask, open_npy, open_raw
+from cst_neuro.io.npy import NumericFile, as_dask, open_npy, open_raw, rows_per_chunk
 from cst_neuro.io.safe_pickle import load_npy_object
 from cst_neuro.schema import frame_times, new_recording
 
 logger = logging.getLogger(__name__)
 
 TRACE_NAMES = ("F", "Fneu", "spks")
-ROI_CHUNK = 128  # ROIs per dask chunk (each chunk holds all frames of its ROIs)
-BLOCK_BYTES = 64 * 2**20  # target bytes per movie chunk / per block when scanning F
 SUITE2P_NEUROPIL = 0.7  # Suite2p's default neuropil coefficient
 _PLANE_DIR = re.compile(r"plane(\d+)")
 _GENERIC_DIR = re.compile(r"plane\d+|combined|suite2p")
@@ -395,7 +393,7 @@ def _trailing_zeros(F: Source, plane: np.ndarray, n_planes: int) -> np.ndarray:
     n_rois, n_frames = F.shape
     logger.info("scanning F.npy for Suite2p's zero padding (no sibling plane folders)")
     last = np.zeros(n_rois, dtype=np.int64)
-    step = max(1, BLOCK_BYTES // max(1, n_frames * F.dtype.itemsize))
+    step = rows_per_chunk(n_frames * F.dtype.itemsize, F.shape[0])
     for start in range(0, n_rois, step):
         nonzero = np.asarray(F[start : start + step]) != 0
         from_end = np.argmax(nonzero[:, ::-1], axis=1)
@@ -420,7 +418,7 @@ def _lazy_trace(source: Source, keep: np.ndarray, valid: np.ndarray | None, n_fr
     """Dask (roi, frame) float32 of the kept ROIs, NaN-padded to ``n_frames``; reads nothing."""
     import dask.array as da
 
-    arr = as_dask(source, chunks=(ROI_CHUNK, -1))
+    arr = as_dask(source, chunks=(rows_per_chunk(source.shape[1] * 4, source.shape[0]), -1))
     if keep.size < arr.shape[0]:
         arr = arr[keep]
     valid = np.full(keep.size, arr.shape[1]) if valid is None else valid[keep]
@@ -449,7 +447,7 @@ def _movie(folder: Path, meta: _Meta, n_frames: int) -> Any:
     raw = open_raw(path, np.dtype(np.int16), meta.shape)
     if raw.shape[0] != n_frames:
         raise InputError(path, f"{raw.shape[0]} frames but F.npy has {n_frames}")
-    return as_dask(raw, chunks=(max(1, BLOCK_BYTES // raw.row_nbytes), -1, -1))
+    return as_dask(raw, chunks=(rows_per_chunk(raw.row_nbytes, raw.shape[0]), -1, -1))
 
 
 # --- folders ----------------------------------------------------------------------------------

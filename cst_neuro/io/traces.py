@@ -34,7 +34,7 @@ import xarray as xr
 
 from cst_neuro.errors import InputError
 from cst_neuro.io.base import Reader, register
-from cst_neuro.io.npy import as_dask, open_npy
+from cst_neuro.io.npy import as_dask, open_npy, rows_per_chunk
 from cst_neuro.schema import frame_times, new_recording
 
 PREFERRED_KEYS = ("dff", "dF_traces", "dFF", "F", "traces", "data")
@@ -47,7 +47,6 @@ ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 MAT_NUMERIC = {"double", "single", "int8", "uint8", "int16", "uint16"}
 MAT_NUMERIC |= {"int32", "uint32", "int64", "uint64"}
-CHUNK_BYTES = 32 * 2**20
 # what zipfile/zlib/numpy raise for a damaged .npz (tokenize: a garbled .npy header)
 ZIP_ERRORS = (OSError, EOFError, ValueError, NotImplementedError, zipfile.BadZipFile, zlib.error)
 NPY_ERRORS = (*ZIP_ERRORS, SyntaxError, tokenize.TokenError)
@@ -101,8 +100,7 @@ class H5Array:
 def row_chunks(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
     """Dask chunks of whole rows along axis 0, about ``CHUNK_BYTES`` each."""
     row = int(np.prod(shape[1:], dtype=np.int64)) * itemsize
-    rows = max(1, min(max(shape[0], 1), CHUNK_BYTES // max(row, 1)))
-    return (rows, *shape[1:])
+    return (rows_per_chunk(row, shape[0]), *shape[1:])
 
 
 def lazy_h5(path: Path, name: str) -> Any:

@@ -11,7 +11,7 @@ import pytest
 import tifffile
 
 from cst_neuro.errors import InputError
-from cst_neuro.io import movie as movie_module
+from cst_neuro.io import npy
 from cst_neuro.io import npy as npy_module
 from cst_neuro.io.movie import MovieReader, ZarrFrames
 
@@ -133,7 +133,7 @@ def test_reads_are_bounded_by_chunks(
     tmp_path: Path, frames: np.ndarray, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     tifffile.imwrite(tmp_path / "m.tif", frames)
-    monkeypatch.setattr(movie_module, "CHUNK_BYTES", 16 * 10 * 2 * 3)  # 3 frames per chunk
+    monkeypatch.setattr(npy, "CHUNK_BYTES", 16 * 10 * 2 * 3)  # 3 frames per chunk
     ds = READER.open(tmp_path / "m.tif", fs=10.0)
     assert ds["grid"].data.numblocks[0] == 4
     reads = spy_reads(monkeypatch)

@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cst_neuro.errors import InputError
+from cst_neuro.io import npy
 from cst_neuro.io import npy as npy_module
-from cst_neuro.io import traces as traces_module
 from cst_neuro.io.traces import H5Array, TracesReader
 
 READER = TracesReader()
@@ -95,7 +95,7 @@ def test_npy_is_lazy_and_reads_only_requested_rows(
 ) -> None:
     data = rng.standard_normal((400, 7)).astype(np.float32)
     np.save(tmp_path / "dff.npy", data)
-    monkeypatch.setattr(traces_module, "CHUNK_BYTES", 7 * 4 * 50)  # 50 frames per chunk
+    monkeypatch.setattr(npy, "CHUNK_BYTES", 7 * 4 * 50)  # 50 frames per chunk
     ds = READER.open(tmp_path / "dff.npy", fs=10.0, time_axis=0)
     assert isinstance(ds["F"].data, da.Array) and ds["F"].data.numblocks == (8, 1)
     reads: list[tuple[int, int]] = []

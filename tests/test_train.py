@@ -1,0 +1,167 @@
+"""Training: determinism, exact resume after a kill, safe checkpoints, DDP on CPU."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cst_neuro import train as train_module
+from cst_neuro.checkpoint import load_checkpoint
+from cst_neuro.errors import InputError
+from cst_neuro.simulate import SimulationConfig, simulate
+from cst_neuro.train import FitConfig, fit, load_model, partial_path
+
+TINY = {"d_model": 16, "n_heads": 2, "n_layers": 1, "d_ff": 32, "n_fourier": 8}
+
+
+@pytest.fixture(scope="module")
+def recording():
+    from cst_neuro.preprocess import compute_dff
+
+    sim = simulate(SimulationConfig(n_rois=6, n_frames=240, fs=20.0, seed=3))
+    return compute_dff(sim.recording()).load()
+
+
+def tiny_config(**kw) -> FitConfig:
+    base = dict(
+        window=16,
+        batch_size=2,
+        steps_per_epoch=3,
+        max_epochs=4,
+        patience=50,
+        n_collocation=16,
+        max_minutes=5.0,
+        model=TINY,
+    )
+    return FitConfig(**{**base, **kw})
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path)["state_dict"]
+
+
+@pytest.mark.parametrize("mode", ["cst", "transformer", "paper"])
+def test_fit_writes_a_loadable_model(recording, tmp_path: Path, mode: str) -> None:
+    result = fit(recording, tmp_path / "m.pt", config=tiny_config(mode=mode, max_epochs=2))
+    assert result.epochs == 2 and len(result.history) == 2
+    model, meta = load_model(tmp_path / "m.pt")
+    assert model.config.mode == mode and meta["data"]["var"] == "dff"
+    assert not partial_path(tmp_path / "m.pt").exists()
+
+
+def test_same_seed_same_weights(recording, tmp_path: Path) -> None:
+    fit(recording, tmp_path / "a.pt", config=tiny_config(max_epochs=2))
+    fit(recording, tmp_path / "b.pt", config=tiny_config(max_epochs=2))
+    for name, value in weights(tmp_path / "a.pt").items():
+        torch.testing.assert_close(value, weights(tmp_path / "b.pt")[name], rtol=0, atol=0)
+
+
+def test_resume_after_a_kill_reaches_the_same_weights(
+    recording, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fit(recording, tmp_path / "full.pt", config=tiny_config())
+    save = train_module._save_progress
+
+    def killed_after_epoch_2(output, model, optimizer, *args):
+        save(output, model, optimizer, *args)
+        if args[2]["epoch"] == 2:  # state
+            raise KeyboardInterrupt  # the process dies right after a progress checkpoint
+
+    monkeypatch.setattr(train_module, "_save_progress", killed_after_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        fit(recording, tmp_path / "resumed.pt", config=tiny_config())
+    assert not (tmp_path / "resumed.pt").exists()  # no model that looks finished
+    monkeypatch.setattr(train_module, "_save_progress", save)
+    result = fit(recording, tmp_path / "resumed.pt", config=tiny_config(), resume=True)
+    assert result.epochs == 4
+    full, resumed = weights(tmp_path / "full.pt"), weights(tmp_path / "resumed.pt")
+    for name, value in full.items():
+        torch.testing.assert_close(resumed[name], value, rtol=1e-6, atol=1e-7)
+
+
+def test_resume_without_a_partial_run_is_an_error(recording, tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="nothing to resume"):
+        fit(recording, tmp_path / "m.pt", config=tiny_config(), resume=True)
+
+
+class Exploit:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_malicious_checkpoint_runs_nothing(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with open("evil.pt", "wb") as fh:
+        pickle.dump({"format": "cst-neuro-checkpoint", "payload": Exploit()}, fh)
+    with pytest.raises(InputError, match=r"evil\.pt: not a loadable cst-neuro checkpoint"):
+        load_checkpoint("evil.pt")
+    assert not Path("pwned").exists()
+
+
+def test_unfinished_checkpoint_is_not_a_model(recording, tmp_path: Path, monkeypatch) -> None:
+    def stop(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "_end_of_epoch", stop)
+    with pytest.raises(KeyboardInterrupt):
+        fit(recording, tmp_path / "m.pt", config=tiny_config())
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_config_from_toml(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('mode = "transformer"\nwindow = 24\n[model]\nd_model = 48\n')
+    config = FitConfig.from_toml(path, max_epochs=3)
+    assert (config.mode, config.window, config.max_epochs) == ("transformer", 24, 3)
+    assert config.model == {"d_model": 48}
+    path.write_text("windw = 24\n")
+    with pytest.raises(InputError, match=r"c\.toml: unknown setting"):
+        FitConfig.from_toml(path)
+    path.write_text("window = \n")
+    with pytest.raises(InputError, match="not a valid TOML"):
+        FitConfig.from_toml(path)
+
+
+DDP_SCRIPT = textwrap.dedent(
+    """
+    import sys, torch
+    from cst_neuro.preprocess import compute_dff
+    from cst_neuro.simulate import SimulationConfig, simulate
+    from cst_neuro.train import FitConfig, fit
+    torch.set_num_threads(1)
+    sim = simulate(SimulationConfig(n_rois=6, n_frames=240, fs=20.0, seed=3))
+    config = FitConfig(window=16, batch_size=2, steps_per_epoch=2, max_epochs=2,
+                       n_collocation=8, model=dict(d_model=16, n_heads=2, n_layers=1,
+                       d_ff=32, n_fourier=8))
+    fit(compute_dff(sim.recording()), sys.argv[1], config=config, device="cpu")
+    print("rank done")
+    """
+)
+
+
+def test_ddp_two_processes_on_cpu(tmp_path: Path) -> None:
+    script = tmp_path / "ddp_fit.py"
+    script.write_text(DDP_SCRIPT)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port=0",
+        str(script),
+        str(tmp_path / "m.pt"),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("rank done") == 2
+    _, meta = load_model(tmp_path / "m.pt")
+    assert len(meta["history"]) == 2 and np.isfinite(meta["best_val"])
