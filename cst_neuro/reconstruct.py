@@ -76,9 +76,13 @@ class Reconstructor:
         return cls(model, meta, ds, **kwargs)
 
     def window_start(self, frame: float) -> int:
-        """Start of the window centred (as far as possible) on a fractional frame position."""
+        """Start of the window centred on the frame pair around a fractional position.
+
+        Every time between frames i and i+1 maps to the same window (centred on i + 0.5),
+        so scrubbing between two frames reuses one encoded context.
+        """
         w, n = self.windows.window, self.windows.n_frames
-        return int(np.clip(np.round(frame - w / 2), 0, n - w))
+        return int(np.clip(np.floor(frame) - w // 2 + 1, 0, n - w))
 
     def _block(self, start: int) -> np.ndarray:
         if start not in self._blocks:
@@ -169,7 +173,9 @@ class Reconstructor:
         return round(pos[:, 0].max() / p + 0.5), round(pos[:, 1].max() / p + 0.5)
 
 
-def output_times(ds: xr.Dataset, *, upsample: int | None, times: np.ndarray | None) -> np.ndarray:
+def output_times(
+    ds: xr.Dataset, *, upsample: int | None = None, times: np.ndarray | None = None
+) -> np.ndarray:
     """``t0 + i/(K·fs)`` over the recording's span, or the given times (sorted, unique)."""
     if (upsample is None) == (times is None):
         raise InputError(None, "give exactly one of upsample=K or times=...")

@@ -1,0 +1,138 @@
+"""Queries at real-valued times: caching, independence, output times, the CLI contract."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from cst_neuro._cli.app import app
+from cst_neuro.errors import InputError
+from cst_neuro.preprocess import compute_dff
+from cst_neuro.reconstruct import Reconstructor, output_times, reconstruct
+from cst_neuro.simulate import SimulationConfig, simulate
+from cst_neuro.store import open_store, write_recording
+from cst_neuro.train import FitConfig, fit
+
+TINY = {"d_model": 16, "n_heads": 2, "n_layers": 1, "d_ff": 32, "n_fourier": 8}
+CONFIG = dict(window=16, batch_size=2, steps_per_epoch=2, max_epochs=1, n_collocation=8)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory):
+    folder = tmp_path_factory.mktemp("rec")
+    sim = simulate(SimulationConfig(n_rois=5, n_frames=200, fs=20.0, seed=4))
+    store = write_recording(compute_dff(sim.recording()), folder / "rec.zarr")
+    ds = open_store(store)
+    fit(ds, folder / "m.pt", config=FitConfig(**CONFIG, model=TINY))
+    return folder, store, ds
+
+
+def test_a_prediction_does_not_depend_on_other_queries(trained) -> None:
+    folder, _, ds = trained
+    rec = Reconstructor.from_checkpoint(folder / "m.pt", ds)
+    alone = rec.predict(np.array([2.013]))
+    together = rec.predict(np.array([0.4, 2.013, 2.0171, 7.3]))
+    np.testing.assert_allclose(together[1], alone[0], rtol=1e-5, atol=1e-6)
+    fresh = Reconstructor.from_checkpoint(folder / "m.pt", ds).predict(np.array([2.013]))
+    np.testing.assert_allclose(fresh, alone, rtol=1e-6, atol=1e-7)  # the cache changes nothing
+
+
+def test_sub_frame_times_reuse_the_encoded_window(trained, monkeypatch) -> None:
+    folder, _, ds = trained
+    rec = Reconstructor.from_checkpoint(folder / "m.pt", ds)
+    calls = []
+    encode = rec.model.encode
+    monkeypatch.setattr(rec.model, "encode", lambda *a: calls.append(1) or encode(*a))
+    for k in range(8):  # eight positions between two frames: one encoding
+        rec.predict(np.array([3.0 + k / 160]))
+    assert len(calls) == 1
+
+
+def test_upsampled_reconstruction(trained, tmp_path: Path) -> None:
+    folder, _, ds = trained
+    rec = Reconstructor.from_checkpoint(folder / "m.pt", ds)
+    out = reconstruct(rec, ds, upsample=4)
+    t = out["time"].values
+    np.testing.assert_allclose(t, ds["time"].values[0] + np.arange(t.size) / 80.0)
+    assert t.size == (ds.sizes["time"] - 1) * 4 + 1 and out.attrs["fs"] == 80.0
+    assert out["dff"].dims == ("time", "roi") and out.sizes["roi"] == ds.sizes["roi"]
+    write_recording(out, tmp_path / "up.zarr")
+    back = open_store(tmp_path / "up.zarr")
+    np.testing.assert_allclose(
+        back["dff"].values[::4][:10], rec.predict(t[::4][:10])[..., 0], rtol=1e-5, atol=1e-7
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({}, "exactly one of"),
+        ({"upsample": 2, "times": np.arange(3.0)}, "exactly one of"),
+        ({"upsample": 0}, "whole number >= 1"),
+        ({"times": np.array([1.0, 0.5])}, "strictly increasing"),
+        ({"times": np.array([1.0, np.nan])}, "finite"),
+    ],
+)
+def test_bad_output_times(trained, kwargs, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        output_times(trained[2], **kwargs)
+
+
+runner = CliRunner()
+
+
+def test_cli_fit_and_reconstruct(trained, tmp_path: Path) -> None:
+    _, store, _ = trained
+    config = tmp_path / "tiny.toml"
+    config.write_text(
+        "window = 16\nbatch_size = 2\nsteps_per_epoch = 2\nn_collocation = 8\n"
+        "[model]\nd_model = 16\nn_heads = 2\nn_layers = 1\nd_ff = 32\nn_fourier = 8\n"
+    )
+    model = tmp_path / "m.pt"
+    result = runner.invoke(
+        app, ["fit", str(store), "-o", str(model), "--config", str(config), "--max-epochs", "1"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "1 epochs, stopped by max-epochs" in result.stdout
+    again = runner.invoke(app, ["fit", str(store), "-o", str(model), "--max-epochs", "1"])
+    assert again.exit_code == 2 and "already exists; pass --overwrite" in again.stderr
+    times = tmp_path / "t.npy"
+    np.save(times, np.array([0.51, 0.525, 3.3]))
+    out = tmp_path / "r.zarr"
+    result = runner.invoke(
+        app, ["reconstruct", str(model), str(store), "-o", str(out), "--times", str(times)]
+    )
+    assert result.exit_code == 0, result.output
+    np.testing.assert_array_equal(open_store(out)["time"].values, [0.51, 0.525, 3.3])
+
+
+def test_cli_reconstruct_bad_input(trained, tmp_path: Path) -> None:
+    folder, store, _ = trained
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    cases = [
+        (
+            [
+                "reconstruct",
+                str(bad),
+                str(store),
+                "-o",
+                str(tmp_path / "o.zarr"),
+                "--upsample",
+                "2",
+            ],
+            "bad.pt: not a loadable cst-neuro checkpoint",
+        ),
+        (
+            ["reconstruct", str(folder / "m.pt"), str(store), "-o", str(tmp_path / "o.zarr")],
+            "give exactly one of --upsample K or --times FILE.npy",
+        ),
+    ]
+    for args, message in cases:
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2
+        assert result.stderr.startswith("error: ") and message in result.stderr
+        assert "Traceback" not in result.output
