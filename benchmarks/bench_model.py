@@ -1,0 +1,174 @@
+"""Model benchmark: Sobolev overhead, throughput against the matmul peak, query latency.
+
+All in one run, on the same data and threads:
+
+1. training step time of mode ``cst`` (Sobolev k=2) against the same network trained with
+   plain MSE (k=0), and the ``paper`` mode (release loss) beside them;
+2. throughput of the ~1 M-parameter default ``cst`` network in tokens/s and achieved
+   FLOP/s (counted with torch's FlopCounterMode) against the machine's fp32
+   matrix-multiply peak, measured here with large torch.mm calls;
+3. latency of one sub-frame frame from a cached context: 1,000 ROIs, and a 128×128 grid
+   (4×4 patches).
+
+    python benchmarks/bench_model.py --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from cst_neuro.data import ChannelWindows
+from cst_neuro.model import CST, CSTConfig
+from cst_neuro.schema import new_recording
+from cst_neuro.train import FitConfig, TrainStep, sample_batch
+
+
+def timed(fn, repeats: int) -> float:
+    """Median seconds of ``fn()`` over ``repeats`` runs after one warm-up."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
+    """fp32 FLOP/s of torch.mm on n×n matrices (the machine's practical peak)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    return 2 * n**3 / timed(lambda: torch.mm(a, b), repeats)
+
+
+def recording(n_rois: int, n_frames: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    t = np.arange(n_frames) / 30.0
+    signal = np.sin(
+        2 * np.pi * rng.uniform(0.2, 2, n_rois) * t[:, None] + rng.uniform(0, 6, n_rois)
+    )
+    values = (signal + 0.3 * rng.standard_normal((n_frames, n_rois))).astype(np.float32)
+    return new_recording(
+        {"dff": (("time", "roi"), values)},
+        time=t,
+        fs=30.0,
+        source_format="benchmark",
+        source_name="synthetic",
+        coords={
+            "roi": np.arange(n_rois),
+            "roi_y": ("roi", rng.uniform(0, 512, n_rois)),
+            "roi_x": ("roi", rng.uniform(0, 512, n_rois)),
+        },
+    )
+
+
+def step_cost(mode: str, sobolev_k: int, windows, config_kw, repeats: int) -> tuple[float, float]:
+    """(median seconds per training step, tokens per step) for one mode/loss."""
+    config = FitConfig(mode=mode, sobolev_k=sobolev_k, **config_kw)
+    torch.manual_seed(0)
+    model = CST(
+        CSTConfig(
+            mode=mode, value_dim=1, n_ids=windows.n_channels, n_latent_times=config.window // 2
+        )
+    )
+    step = TrainStep(model, config)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    rng = np.random.default_rng(0)
+    starts = windows.starts()
+    batches = [sample_batch(windows, starts, config, rng) for _ in range(repeats + 1)]
+    gen = torch.Generator().manual_seed(0)
+    it = iter(batches * 2)
+
+    def run() -> None:
+        ctx, qry = next(it)
+        opt.zero_grad()
+        step(ctx, qry, gen).backward()
+        opt.step()
+
+    tokens = int(batches[0][0].mask.sum() + batches[0][1].mask.sum())
+    return timed(run, repeats), tokens
+
+
+def model_flops(windows, config_kw) -> tuple[float, int]:
+    """FLOPs of one cst training step (forward + backward) and its tokens."""
+    config = FitConfig(**config_kw)
+    model = CST(CSTConfig(value_dim=1, n_ids=windows.n_channels, n_latent_times=config.window // 2))
+    step = TrainStep(model, config)
+    ctx, qry = sample_batch(windows, windows.starts(), config, np.random.default_rng(1))
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step(ctx, qry, torch.Generator().manual_seed(0)).backward()
+    return counter.get_total_flops(), int(ctx.mask.sum() + qry.mask.sum())
+
+
+def query_latency(n_channels_grid: tuple[int, int] | None, n_rois: int, repeats: int) -> float:
+    """Seconds to decode one frame (all channels) from a cached context."""
+    torch.manual_seed(0)
+    if n_channels_grid is None:
+        model = CST(CSTConfig(value_dim=1, n_ids=n_rois)).eval()
+        n_ctx, q = n_rois * 32, n_rois
+        values, ids = torch.randn(1, n_ctx, 1), torch.randint(0, n_rois, (1, n_ctx))
+        query_ids = torch.arange(n_rois)[None]
+    else:
+        patches = n_channels_grid[0] * n_channels_grid[1]
+        model = CST(CSTConfig(value_dim=16, n_ids=patches)).eval()
+        n_ctx, q = patches * 32, patches
+        values, ids = torch.randn(1, n_ctx, 16), torch.randint(0, patches, (1, n_ctx))
+        query_ids = torch.arange(patches)[None]
+    coords, query = torch.rand(1, n_ctx, 3), torch.rand(1, q, 3)
+    with torch.no_grad():
+        context = model.encode(values, coords, ids)
+        return timed(lambda: model.decode(context, query, query_ids), repeats)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rois", type=int, default=300)
+    parser.add_argument("--repeats", type=int, default=10)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    windows = ChannelWindows(recording(args.rois, 2000), window=32)
+    config_kw = dict(window=32, batch_size=1, max_tokens=16384, n_collocation=256)
+    peak = matmul_peak()
+    mse, tokens = step_cost("cst", 0, windows, config_kw, args.repeats)
+    sob, _ = step_cost("cst", 2, windows, config_kw, args.repeats)
+    small = dict(config_kw, max_tokens=2048)  # the paper's joint attention is O(N²)
+    paper_mse, paper_tokens = step_cost("cst", 0, windows, small, args.repeats)
+    paper, _ = step_cost("paper", 3, windows, small, args.repeats)
+    flops, flop_tokens = model_flops(windows, dict(config_kw, sobolev_k=2))
+    params = CST(CSTConfig(value_dim=1)).num_params()
+    report = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.node()} ({args.threads} threads, {platform.machine()})",
+        "torch": torch.__version__,
+        "params_without_ids": params,
+        "tokens_per_step": tokens,
+        "step_s_cst_mse": round(mse, 4),
+        "step_s_cst_sobolev_k2": round(sob, 4),
+        "sobolev_over_mse": round(sob / mse, 3),
+        "paper_tokens_per_step": paper_tokens,
+        "step_s_cst_mse_small": round(paper_mse, 4),
+        "step_s_paper_release_loss_small": round(paper, 4),
+        "paper_over_cst_mse_small": round(paper / paper_mse, 3),
+        "tokens_per_s_cst_sobolev": round(tokens / sob),
+        "matmul_peak_gflops": round(peak / 1e9, 1),
+        "model_gflops_per_s": round(flops / sob / 1e9, 1),
+        "fraction_of_matmul_peak": round(flops / sob / peak, 3),
+        "flop_count_tokens": flop_tokens,
+        "query_ms_1000_rois": round(1e3 * query_latency(None, 1000, args.repeats * 5), 2),
+        "query_ms_grid_128x128_p4": round(1e3 * query_latency((32, 32), 0, args.repeats * 5), 2),
+    }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
