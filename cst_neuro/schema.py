@@ -22,9 +22,9 @@ Schema (version ``SCHEMA_VERSION``):
   from ROIs has data (NaN elsewhere);
   ``movie`` (time, y, x) the raw registered movie (Suite2p ``data.bin``), lazy, in the
   source's dtype;
-  ``valid`` (time) bool, False where a trace sample of the frame (or, without traces, a
-  grid pixel) is missing or non-finite, ignoring channels that are never finite, or where
-  the source flagged the frame as bad (Suite2p ``badframes``).
+  ``valid`` (time) bool, False where a sample of the frame's primary signal (dff, else
+  F, else grid) is missing or non-finite, ignoring channels that are never finite, or
+  where the source flagged the frame as bad (Suite2p ``badframes``).
   Missing samples are NaN, never zero.
 - attrs: ``schema_version``, ``fs`` (Hz), ``source_format``, ``source_name`` (the file or
   folder name, never an absolute path), ``source_version``, ``neuropil_coefficient``,
@@ -74,7 +74,7 @@ def new_recording(
     """Assemble a Recording with the schema's coordinates and attributes filled in.
 
     ``data_vars`` maps names to ``(dims, array)`` pairs (numpy or dask arrays). ``valid``
-    is computed lazily from the trace variables / grid unless given.
+    is computed lazily from the primary signal unless given (see ``finite_frames``).
     """
     time = np.asarray(time, dtype=np.float64)
     all_coords: dict[str, Any] = {"time": ("time", time, {"units": "s"})}
@@ -94,20 +94,40 @@ def new_recording(
     return ds
 
 
-def finite_frames(ds: xr.Dataset) -> xr.DataArray:
-    """``valid(time)``: True where every trace sample (or, without traces, grid pixel) is finite.
+PRIMARY_VARS = ("dff", "F", "grid")  # the signal whose completeness ``valid`` reports
 
-    Channels (ROIs, pixels) with no finite sample at all are left out, so that one dead
-    ROI does not mark every frame invalid.
+
+def finite_frames(ds: xr.Dataset) -> xr.DataArray:
+    """``valid(time)`` from the primary signal (dff, else F, else grid), lazily and streaming.
+
+    A frame is valid when every channel (ROI, pixel) of the primary signal is finite,
+    ignoring channels that are never finite (one dead ROI must not invalidate every
+    frame). When the data is split along time into several chunks, "never finite" cannot
+    be known block by block without a second pass, so there every channel counts.
     """
-    valid = xr.DataArray(np.ones(ds.sizes["time"], dtype=bool), dims="time")
-    names = [v for v in TRACE_VARS if v in ds] or (["grid"] if "grid" in ds else [])
-    for name in names:
-        other = [d for d in ds[name].dims if d != "time"]
-        finite = np.isfinite(ds[name])
-        alive = finite.any(dim="time")
-        valid = valid & (finite | ~alive).all(dim=other)
-    return valid
+    name = next((v for v in PRIMARY_VARS if v in ds), None)
+    if name is None:
+        return xr.DataArray(np.ones(ds.sizes["time"], dtype=bool), dims="time")
+    var = ds[name].transpose("time", ...)
+    axes = tuple(range(1, var.ndim))
+
+    def frames_complete(block: np.ndarray, *, ignore_dead: bool) -> np.ndarray:
+        finite = np.isfinite(block)
+        if ignore_dead:
+            finite |= ~finite.any(axis=0, keepdims=True)
+        return finite.all(axis=axes, keepdims=True)
+
+    data = var.data
+    if not hasattr(data, "map_blocks"):  # numpy
+        return xr.DataArray(frames_complete(data, ignore_dead=True).reshape(-1), dims="time")
+    ones = tuple((1,) * len(c) for c in data.chunks[1:])
+    partial = data.map_blocks(
+        frames_complete,
+        ignore_dead=len(data.chunks[0]) == 1,
+        dtype=bool,
+        chunks=(data.chunks[0], *ones),
+    )  # (time, 1 per block, ...): one small partial per block, no block kept
+    return xr.DataArray(partial.all(axis=axes), dims="time")
 
 
 def dumps_params(params: Mapping[str, Any]) -> str:
