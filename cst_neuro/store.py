@@ -187,4 +187,3 @@ def open_store(path: str | os.PathLike[str]) -> xr.Dataset:
     except SchemaError as e:
         raise SchemaError(path, e.problem) from None
     return ds
-
