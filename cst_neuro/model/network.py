@@ -18,6 +18,13 @@ Mode "cst" (default) is the paper's idea done right:
 - a query decoder embeds a query coordinate (Fourier features plus identity) and
   cross-attends to the context. Queries never attend to each other, so ŷ(q) depends only on
   q and the observations, and a new query costs one small decoder pass;
+- attention is told where things are: every cross-attention adds a learned `CoordBias`,
+  -Σ_d γ_hd (c_q,d - c_k,d)² (+ β_h for the query's own identity), to its scores. Content
+  alone (q·k at init) gives uniform attention, and a decoder that averages a whole window
+  receives almost no gradient: it predicted the mean for hundreds of steps. With latents and
+  identities, each query also attends to the raw tokens of its own channel (`TokenCache`,
+  O(Q·(L + W)) per layer): the latents carry the population, the own-channel keys the
+  local trace that a 4-latents-per-time bottleneck cannot hold for hundreds of ROIs;
 - derivatives of ŷ with respect to the query coordinate are exact at every order: the
   encoding gives the coordinate jet in closed form and `taylor` carries it through the
   decoder (`decode_derivatives`), while the encoder keeps the fast SDPA kernels.
@@ -108,13 +115,20 @@ class Attention(nn.Module):
         k, v = self.kv(source).split(self.kv.out_features // 2, dim=-1)
         return self.split_heads(k), self.split_heads(v)
 
-    def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
-        """softmax(q kᵀ/√d) v with a boolean key mask (True = attend): (B, H, Q, D/H)."""
+    def attend(
+        self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, bias: Tensor | None = None
+    ) -> Tensor:
+        """softmax(q kᵀ/√d + bias) v with a boolean key mask (True = attend): (B, H, Q, D/H)."""
         p = self.attn_dropout if self.training else 0.0
+        if bias is not None and mask is not None:
+            bias, mask = bias.masked_fill(~mask, float("-inf")), None
+        attn_mask = mask if bias is None else bias
         if self.flash:
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)
         scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.shape[-1]))  # (B, H, Q, N)
-        if mask is not None:
+        if bias is not None:
+            scores = scores + bias
+        elif mask is not None:
             scores = scores.masked_fill(~mask, float("-inf"))
         return F.dropout(F.softmax(scores, dim=-1), p, training=p > 0) @ v
 
@@ -126,24 +140,110 @@ class Attention(nn.Module):
         y = self.attend(self.split_heads(self.q(x)), k, v, mask)
         return F.dropout(self.proj(self.merge_heads(y)), self.dropout, self.training)
 
-    def forward_jet(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
-        """Jet x (K+1, B, Q, D) attends to fixed k, v (B, H, N, D/H): jet (K+1, B, Q, D)."""
+    def forward_jet(
+        self,
+        x: Tensor,
+        k: Tensor,
+        v: Tensor,
+        mask: Tensor | None,
+        bias: Tensor | None = None,
+        local: LocalKeys | None = None,
+    ) -> Tensor:
+        """Jet x (K+1, B, Q, D) attends to fixed k, v (B, H, N, D/H): jet (K+1, B, Q, D).
+
+        `bias` is a jet (K+1, B, H, Q, N) added to the scores (its order-0 part alone when
+        x has order 0). `local` adds keys of each query's own (B, H, Q, M, D/H), sharing
+        one softmax with the N common keys.
+        """
         q = self.split_heads(taylor.linear(x, self.q.weight, self.q.bias))  # (K+1, B, H, Q, hd)
-        if x.shape[0] == 1:  # plain values: the fast kernel
-            y = self.attend(q[0], k, v, mask)[None]
+        if x.shape[0] == 1 and local is None:  # plain values: the fast kernel
+            y = self.attend(q[0], k, v, mask, None if bias is None else bias[0])[None]
         else:
-            scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.shape[-1]))  # (K+1, B, H, Q, N)
-            if mask is not None:
-                scores = torch.cat(
-                    [
-                        scores[:1].masked_fill(~mask, float("-inf")),
-                        scores[1:].masked_fill(~mask, 0.0),
-                    ]
-                )
+            scale = 1.0 / math.sqrt(k.shape[-1])
+            scores = _masked_jet((q @ k.transpose(-2, -1)) * scale, bias, mask)
+            n = scores.shape[-1]
+            if local is not None:  # one (K+1, hd) @ (hd, M) product per query and head
+                own = (q.permute(1, 2, 3, 0, 4) @ local.k.transpose(-2, -1)) * scale
+                own = own.permute(3, 0, 1, 2, 4)  # (K+1, B, H, Q, M)
+                scores = torch.cat([scores, _masked_jet(own, local.bias, local.mask)], -1)
             p = taylor.dropout(taylor.softmax(scores), self.attn_dropout, self.training)
-            y = p @ v  # (K+1, B, H, Q, hd)
+            y = p[..., :n] @ v  # (K+1, B, H, Q, hd)
+            if local is not None:
+                y = y + (p[..., n:].permute(1, 2, 3, 0, 4) @ local.v).permute(3, 0, 1, 2, 4)
         y = taylor.linear(self.merge_heads(y), self.proj.weight, self.proj.bias)
         return taylor.dropout(y, self.dropout, self.training)
+
+
+def _masked_jet(scores: Tensor, bias: Tensor | None, mask: Tensor | None) -> Tensor:
+    """Score jet plus a bias jet; masked keys get -inf at order 0 and 0 above it."""
+    if bias is not None:
+        scores = scores + bias if bias.shape[0] == scores.shape[0] else taylor.add0(scores, bias[0])
+    if mask is None:
+        return scores
+    return torch.cat(
+        [scores[:1].masked_fill(~mask, float("-inf")), scores[1:].masked_fill(~mask, 0.0)]
+    )
+
+
+class CoordBias(nn.Module):
+    """A learned attention bias from where a query is relative to a key, exact in the query.
+
+    bias_h(c_q, c_k) = -Σ_d γ_hd (c_q,d - c_k,d)² + β_h [id_q = id_k]: each head weighs keys
+    by a Gaussian of their distance to the query (an ALiBi-like relative encoding) and,
+    with identities, prefers the query's own channel. γ_hd = exp(θ_hd) starts at widths
+    spread geometrically over heads, from 1/64 to 1/2 of a window. A query's coordinate
+    along a line c + s u is linear in s, so the bias is a polynomial of degree 2 in s and its
+    Taylor jet is exact and closed-form: attention can be local from the first step without
+    giving up exact derivatives.
+    """
+
+    def __init__(self, n_heads: int, coord_dims: int, use_ids: bool) -> None:
+        super().__init__()
+        widths = torch.logspace(math.log10(1 / 64), math.log10(1 / 2), n_heads)
+        gamma = (1.0 / (2 * widths**2)).log()
+        self.log_gamma = nn.Parameter(gamma[:, None].repeat(1, coord_dims))  # (H, C)
+        self.id_weight = nn.Parameter(torch.full((n_heads,), 2.0)) if use_ids else None
+
+    def forward(
+        self,
+        coords: Tensor,
+        key_coords: Tensor,
+        direction: Tensor | None = None,
+        order: int = 0,
+        ids: Tensor | None = None,
+        key_ids: Tensor | None = None,
+        dims: int | None = None,
+    ) -> Tensor:
+        """Bias jet (order + 1, B, H, Q, N) of queries (B, Q, C) moving along `direction`
+        (B, Q, C), against keys at (B, N, C), or per query (B, Q, N, C); `dims` keeps only the
+        first coordinates (1 = time: latents have no place)."""
+        gamma = self.log_gamma.exp()[:, :dims].T.to(coords.dtype)  # (C', H)
+        coords, key_coords = coords[..., :dims], key_coords[..., :dims]
+        if key_coords.dim() == 3:
+            key_coords = key_coords[:, None]
+        delta = coords[:, :, None, :] - key_coords  # (B, Q, N, C')
+        jet = [-(delta * delta) @ gamma]  # (B, Q, N, H)
+        if order >= 1:
+            u = direction[..., :dims].to(coords.dtype)[:, :, None, :]  # type: ignore[index]
+            jet.append(-2 * (delta * u) @ gamma)
+        if order >= 2:
+            jet.append((-(u * u) @ gamma).expand_as(jet[0]))
+        jet += [torch.zeros_like(jet[0])] * (order - 2)
+        out = torch.stack(jet).permute(0, 1, 4, 2, 3)  # (K+1, B, H, Q, N)
+        if self.id_weight is not None and ids is not None and key_ids is not None:
+            same = (ids[:, :, None] == key_ids[:, None, :]).to(out.dtype)  # (B, Q, N)
+            out = taylor.add0(out, self.id_weight.to(out.dtype)[:, None, None] * same[:, None])
+        return out
+
+
+@dataclass
+class LocalKeys:
+    """Keys, values, bias jet and mask of keys that each query has for itself."""
+
+    k: Tensor  # (B, H, Q, M, D/H)
+    v: Tensor  # (B, H, Q, M, D/H)
+    bias: Tensor | None  # (K+1, B, H, Q, M)
+    mask: Tensor  # (B, 1, Q, M) True = attend
 
 
 class MLP(nn.Module):
@@ -189,20 +289,41 @@ class Block(nn.Module):
 class CrossBlock(nn.Module):
     """Cross-attention to fixed keys/values then MLP (pre-LN), on jets (K+1, B, Q, D).
 
-    Reads tokens into latents (order 0) and decodes queries (any order).
+    Reads tokens into latents (order 0) and decodes queries (any order). With `coord_dims`,
+    the scores get a `CoordBias` (relative coordinates, and identities with `use_ids`);
+    with `local`, each query also attends to keys of its own channel (`LocalKeys`), made by
+    `local_kv` from the raw tokens, with their own bias `local_bias`.
     """
 
-    def __init__(self, config: CSTConfig) -> None:
+    def __init__(
+        self,
+        config: CSTConfig,
+        coord_dims: int = 0,
+        use_ids: bool = False,
+        local: bool = False,
+    ) -> None:
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.d_model)
+        D, H = config.d_model, config.n_heads
+        self.ln_1 = nn.LayerNorm(D)
         self.attn = Attention(config)
-        self.ln_2 = nn.LayerNorm(config.d_model)
+        self.ln_2 = nn.LayerNorm(D)
         self.mlp = MLP(config)
+        self.bias = CoordBias(H, coord_dims, use_ids) if coord_dims else None
+        self.local_kv = nn.Linear(D, 2 * D) if local else None
+        self.local_bias = CoordBias(H, config.coord_dims, False) if local else None
 
-    def forward(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        k: Tensor,
+        v: Tensor,
+        mask: Tensor | None = None,
+        bias: Tensor | None = None,
+        local: LocalKeys | None = None,
+    ) -> Tensor:
         ln_1, ln_2 = self.ln_1, self.ln_2
         x = x + self.attn.forward_jet(
-            taylor.layer_norm(x, ln_1.weight, ln_1.bias, ln_1.eps), k, v, mask
+            taylor.layer_norm(x, ln_1.weight, ln_1.bias, ln_1.eps), k, v, mask, bias, local
         )
         return x + self.mlp.forward_jet(taylor.layer_norm(x, ln_2.weight, ln_2.bias, ln_2.eps))
 
@@ -272,18 +393,63 @@ class CSTConfig:
 
 
 @dataclass
+class TokenCache:
+    """The observed tokens of a window, for decoders that read each query's own channel."""
+
+    kv: list[tuple[Tensor, Tensor]]  # per decoder layer, keys and values (B, H, N, D/H)
+    coords: Tensor  # (B, N, C)
+    table: Tensor  # (B, n_ids, M) indices of each channel's tokens
+    valid: Tensor  # (B, n_ids, M) which table entries are real
+
+    def to(self, dtype: torch.dtype) -> TokenCache:
+        kv = [(k.to(dtype), v.to(dtype)) for k, v in self.kv]
+        return replace(self, kv=kv, coords=self.coords.to(dtype))
+
+
+@dataclass
 class Context:
     """An encoded window: everything `CST.decode` needs, computed once per window."""
 
     memory: Tensor  # (B, L, D) latents, or observed tokens when there are none, after the encoder
     kv: list[tuple[Tensor, Tensor]]  # per decoder layer, keys and values (B, H, L, D/H)
     mask: Tensor | None  # (B, L) True for real entries; None when there is no padding
+    coords: Tensor | None = None  # (B, L, C) coordinates of the memory entries
+    ids: Tensor | None = None  # (B, L) identities of the memory entries (None for latents)
+    time_only: bool = False  # memory entries have a time but no place (latents)
+    tokens: TokenCache | None = None  # raw tokens by channel (latents with identities)
 
     def to(self, dtype: torch.dtype) -> Context:
         """The same context with floating tensors in `dtype`."""
         return replace(
-            self, memory=self.memory.to(dtype), kv=[(k.to(dtype), v.to(dtype)) for k, v in self.kv]
+            self,
+            memory=self.memory.to(dtype),
+            kv=[(k.to(dtype), v.to(dtype)) for k, v in self.kv],
+            coords=None if self.coords is None else self.coords.to(dtype),
+            tokens=None if self.tokens is None else self.tokens.to(dtype),
         )
+
+
+def channel_table(ids: Tensor, mask: Tensor | None, n_ids: int) -> tuple[Tensor, Tensor]:
+    """Token indices grouped by channel: (B, n_ids, M) indices and validity, M = max count."""
+    B, N = ids.shape
+    group = ids if mask is None else torch.where(mask, ids, n_ids)  # padding: an extra group
+    position = torch.arange(N, device=ids.device)
+    order = (group * N + position).argsort(-1)  # by channel, then by position
+    sorted_group = group.gather(1, order)
+    counts = torch.zeros(B, n_ids + 1, dtype=torch.long, device=ids.device)
+    counts.scatter_add_(1, group, torch.ones_like(group))
+    starts = counts.cumsum(1) - counts
+    rank = position - starts.gather(1, sorted_group)
+    # M is data-dependent; on the meta device (no data) every token could share a channel
+    M = N if ids.device.type == "meta" else max(1, int(counts[:, :n_ids].max()))
+    dump = (n_ids + 1) * M  # a slot for padding beyond M, dropped below
+    slot = torch.where(rank < M, sorted_group * M + rank, dump)
+    table = torch.zeros(B, dump + 1, dtype=torch.long, device=ids.device)
+    table.scatter_(1, slot, order)
+    valid = torch.zeros(B, dump + 1, dtype=torch.bool, device=ids.device)
+    valid.scatter_(1, slot, torch.ones_like(slot, dtype=torch.bool))
+    table, valid = table[:, :dump].view(B, n_ids + 1, M), valid[:, :dump].view(B, n_ids + 1, M)
+    return table[:, :n_ids], valid[:, :n_ids]
 
 
 @contextmanager
@@ -335,13 +501,22 @@ class CST(nn.Module):
                 self.register_buffer("latent_coords", latent_coords, persistent=False)
                 self.latent_embed = nn.Parameter(torch.zeros(config.latents_per_time, D))
                 self.ln_tokens = nn.LayerNorm(D)
-                self.read_in = CrossBlock(config)
+                self.read_in = CrossBlock(config, coord_dims=1)  # latents have a time only
             self.encoder = nn.ModuleList(
                 [Block(config, pre_norm=True) for _ in range(config.n_layers)]
             )
             self.ln_memory = nn.LayerNorm(D)
+            latents, ids = config.n_latent_times > 0, config.n_ids > 0
             self.decoder = nn.ModuleList(
-                [CrossBlock(config) for _ in range(config.n_decoder_layers)]
+                [
+                    CrossBlock(
+                        config,
+                        coord_dims=1 if latents else C,
+                        use_ids=ids and not latents,
+                        local=ids and latents,
+                    )
+                    for _ in range(config.n_decoder_layers)
+                ]
             )
             self.ln_out = nn.LayerNorm(D)
             self.head: nn.Module = nn.Linear(D, config.value_dim)
@@ -499,20 +674,40 @@ class CST(nn.Module):
         if self.latent_embed is None:
             for block in self.encoder:
                 x = block(x, mask=key_mask)
-            memory, memory_mask = x, mask
-        else:
-            B, D = x.shape[0], x.shape[-1]
-            times = self.coord_embed(self.latent_coords)  # (T, D)
-            latents = times[:, None, :] + self.latent_embed[None, :, :]  # (T, P, D)
-            latents = latents.view(1, -1, D).expand(B, -1, -1)  # (B, L, D), L = T·P
-            k, v = self.read_in.attn.keys_values(self.ln_tokens(x))  # (B, H, N, D/H)
-            z = self.read_in(latents[None], k, v, key_mask)[0]  # (B, L, D)
-            for block in self.encoder:
-                z = block(z)
-            memory, memory_mask = z, None
-        memory = self.ln_memory(memory)
+            memory, memory_mask = self.ln_memory(x), mask
+            return Context(
+                memory,
+                [block.attn.keys_values(memory) for block in self.decoder],
+                memory_mask,
+                coords=coords,
+                ids=ids,
+            )
+        B, D = x.shape[0], x.shape[-1]
+        times = self.coord_embed(self.latent_coords)  # (T, D)
+        latents = times[:, None, :] + self.latent_embed[None, :, :]  # (T, P, D)
+        latents = latents.view(1, -1, D).expand(B, -1, -1)  # (B, L, D), L = T·P
+        latent_coords = self.latent_coords.repeat_interleave(self.config.latents_per_time, 0)
+        latent_coords = latent_coords.to(coords.dtype)[None].expand(B, -1, -1)  # (B, L, C)
+        tokens = self.ln_tokens(x)
+        k, v = self.read_in.attn.keys_values(tokens)  # (B, H, N, D/H)
+        bias = self.read_in.bias(latent_coords, coords, dims=1)  # type: ignore[misc]
+        z = self.read_in(latents[None], k, v, key_mask, bias)[0]  # (B, L, D)
+        for block in self.encoder:
+            z = block(z)
+        memory = self.ln_memory(z)
+        cache = None
+        if self.id_embed is not None:
+            table, valid = channel_table(ids, mask, self.config.n_ids)  # type: ignore[arg-type]
+            kv = [block.local_kv(tokens).chunk(2, dim=-1) for block in self.decoder]
+            split = self.decoder[0].attn.split_heads
+            cache = TokenCache([(split(k), split(v)) for k, v in kv], coords, table, valid)
         return Context(
-            memory, [block.attn.keys_values(memory) for block in self.decoder], memory_mask
+            memory,
+            [block.attn.keys_values(memory) for block in self.decoder],
+            None,
+            coords=latent_coords,
+            time_only=True,
+            tokens=cache,
         )
 
     def decode(self, context: Context, coords: Tensor, ids: Tensor | None = None) -> Tensor:
@@ -520,7 +715,7 @@ class CST(nn.Module):
         self._require(cst=True, method="decode")
         self._check_coords(coords, "query coords")
         self._check_ids(ids, coords.shape[:2], "query ids")
-        return self._decode_jet(context, self.coord_embed(coords)[None], ids)[0]
+        return self._decode_jet(context, self.coord_embed(coords)[None], ids, coords, None)[0]
 
     def decode_derivatives(
         self,
@@ -535,28 +730,65 @@ class CST(nn.Module):
 
         `direction` u is a coordinate axis (0 = t: ∂^q ŷ/∂t^q) or a (B, Q, C) tensor of
         directions. Computed in the parameters' dtype with autocast off, by Taylor-mode
-        propagation of the encoding's closed-form jet; gradients reach every parameter
-        through one ordinary backward.
+        propagation of the encoding's closed-form jet (and of the attention biases'
+        closed-form jets); gradients reach every parameter through one ordinary backward.
         """
         self._require(cst=True, method="decode_derivatives")
         self._check_coords(coords, "query coords")
         self._check_ids(ids, coords.shape[:2], "query ids")
         dtype = self.head.weight.dtype
         with _autocast_off(coords.device):
-            jet = self.coord_embed.jet(coords.to(dtype), order, direction)  # (K+1, B, Q, D)
-            return taylor.to_derivatives(self._decode_jet(context.to(dtype), jet, ids))
+            coords = coords.to(dtype)
+            if isinstance(direction, int):
+                u = torch.zeros_like(coords)
+                u[..., direction] = 1.0
+            else:
+                u = direction.to(dtype).expand_as(coords)
+            jet = self.coord_embed.jet(coords, order, direction)  # (K+1, B, Q, D)
+            return taylor.to_derivatives(self._decode_jet(context.to(dtype), jet, ids, coords, u))
 
-    def _decode_jet(self, context: Context, x: Tensor, ids: Tensor | None) -> Tensor:
-        """Query-embedding jet (K+1, B, Q, D) -> prediction jet (K+1, B, Q, V)."""
-        B = x.shape[1]
+    def _decode_jet(
+        self,
+        context: Context,
+        x: Tensor,
+        ids: Tensor | None,
+        coords: Tensor,
+        direction: Tensor | None,
+    ) -> Tensor:
+        """Query-embedding jet (K+1, B, Q, D) at coords (B, Q, C) moving along direction
+        (B, Q, C; None for order 0) -> prediction jet (K+1, B, Q, V)."""
+        order, B = x.shape[0] - 1, x.shape[1]
         if context.memory.shape[0] not in (1, B):
             raise ValueError(f"context has batch size {context.memory.shape[0]}, queries {B}")
         if self.id_embed is not None:
             x = taylor.add0(x, self.id_embed(ids))
         x = taylor.dropout(x, self.config.dropout, self.training)
         mask = None if context.mask is None else _key_padding(context.mask.expand(B, -1))
-        for block, (k, v) in zip(self.decoder, context.kv, strict=True):
-            x = block(x, k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1), mask)
+        memory_coords = None if context.coords is None else context.coords.expand(B, -1, -1)
+        memory_ids = None if context.ids is None else context.ids.expand(B, -1)
+        cache = context.tokens
+        if cache is not None:  # each query's own channel: (B, Q, M) token indices
+            batch = torch.arange(B, device=coords.device)[:, None]
+            table, valid = cache.table.expand(B, -1, -1), cache.valid.expand(B, -1, -1)
+            own, own_mask = table[batch, ids], valid[batch, ids][:, None]  # type: ignore[index]
+            own_coords = cache.coords.expand(B, -1, -1)[batch[..., None], own]  # (B, Q, M, C)
+            heads = torch.arange(self.config.n_heads, device=coords.device)[:, None, None]
+            at = (batch[:, None, :, None], heads, own[:, None])  # gathers (B, H, Q, M, D/H)
+        dims = 1 if context.time_only else None
+        for i, (block, (k, v)) in enumerate(zip(self.decoder, context.kv, strict=True)):
+            bias = None
+            if block.bias is not None and memory_coords is not None:
+                bias = block.bias(coords, memory_coords, direction, order, ids, memory_ids, dims)
+            local = None
+            if cache is not None and block.local_bias is not None:
+                kt, vt = (t.expand(B, -1, -1, -1)[at] for t in cache.kv[i])
+                local = LocalKeys(
+                    kt,
+                    vt,
+                    block.local_bias(coords, own_coords, direction, order),
+                    own_mask,
+                )
+            x = block(x, k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1), mask, bias, local)
         x = taylor.layer_norm(x, self.ln_out.weight, self.ln_out.bias, self.ln_out.eps)
         return taylor.linear(x, self.head.weight, self.head.bias)
 
