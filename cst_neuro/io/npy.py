@@ -24,6 +24,17 @@ from cst_neuro.errors import InputError
 CHUNK_BYTES = 16 * 2**20
 
 
+def read_error(
+    path: str | os.PathLike[str], error: OSError, *, expected: str = "a file"
+) -> InputError:
+    """The package's one-line error for an OS failure to read ``path``."""
+    if isinstance(error, FileNotFoundError):
+        return InputError(path, "no such file")
+    if isinstance(error, IsADirectoryError):
+        return InputError(path, f"expected {expected}, found a folder")
+    return InputError(path, f"cannot read file ({error.strerror or error})")
+
+
 def rows_per_chunk(row_nbytes: int, n_rows: int) -> int:
     """How many rows of ``row_nbytes`` make one block of about ``CHUNK_BYTES``."""
     return max(1, min(max(n_rows, 1), CHUNK_BYTES // max(row_nbytes, 1)))
@@ -123,12 +134,8 @@ def open_npy(path: str | os.PathLike[str]) -> NumericFile | np.ndarray:
             )
             shape, fortran, dtype = reader(fh)
             offset = fh.tell()
-    except FileNotFoundError as e:
-        raise InputError(path, "no such file") from e
-    except IsADirectoryError as e:
-        raise InputError(path, "expected a .npy file, found a folder") from e
     except OSError as e:
-        raise InputError(path, f"cannot read file ({e.strerror or e})") from e
+        raise read_error(path, e, expected="a .npy file") from e
     except (ValueError, SyntaxError, EOFError, tokenize.TokenError) as e:
         raise InputError(path, f"not a valid .npy file ({e})") from e
     if dtype.hasobject:
@@ -158,10 +165,8 @@ def open_raw(
 def _file_size(path: Path) -> int:
     try:
         return path.stat().st_size
-    except FileNotFoundError as e:
-        raise InputError(path, "no such file") from e
     except OSError as e:
-        raise InputError(path, f"cannot read file ({e.strerror})") from e
+        raise read_error(path, e) from e
 
 
 def as_dask(array: NumericFile | np.ndarray, chunks: Any) -> Any:

@@ -34,7 +34,7 @@ import xarray as xr
 
 from cst_neuro.errors import InputError
 from cst_neuro.io.base import Reader, register
-from cst_neuro.io.npy import as_dask, open_npy, rows_per_chunk
+from cst_neuro.io.npy import as_dask, open_npy, read_error, rows_per_chunk
 from cst_neuro.schema import frame_times, new_recording
 
 PREFERRED_KEYS = ("dff", "dF_traces", "dFF", "F", "traces", "data")
@@ -128,12 +128,8 @@ def _file_kind(path: Path) -> str:
     try:
         with open(path, "rb") as fh:
             head = fh.read(1024)
-    except FileNotFoundError as e:
-        raise InputError(path, "no such file") from e
-    except IsADirectoryError as e:
-        raise InputError(path, "expected a file, found a folder") from e
     except OSError as e:
-        raise InputError(path, f"cannot read file ({e.strerror or e})") from e
+        raise read_error(path, e) from e
     if head.startswith(NPY_MAGIC):
         return "npy"
     if head[:4] in ZIP_MAGICS:
