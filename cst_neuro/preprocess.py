@@ -183,7 +183,13 @@ def _baseline_row(
         low = work.running_extreme(work.gaussian(x), win, np.minimum, out=work.f0)
         return work.running_extreme(low, win, np.maximum, out=work.f0)
     if method == "percentile":
-        return ndimage.percentile_filter(x, prctile, size=win, mode="reflect", output=work.f0)
+        if win <= x.size:
+            return ndimage.percentile_filter(x, prctile, size=win, mode="reflect", output=work.f0)
+        # scipy's 1-D rank filter mis-ranks the ends when the window is longer than the
+        # trace (repeated reflection); pad by repeated reflection here and filter the middle
+        padded = np.pad(x, win, mode="symmetric")
+        work.f0[:] = ndimage.percentile_filter(padded, prctile, size=win)[win:-win]
+        return work.f0
     values = x if good is None else x[good]
     return np.asarray([np.percentile(values, prctile)], dtype=np.float32)
 

@@ -9,7 +9,7 @@ import dask
 import dask.array as da
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
 
@@ -157,6 +157,7 @@ def test_running_extreme_equals_scipy(rng, win):
 
 @SETTINGS
 @given(x=traces, win=st.integers(1, 50), p=st.sampled_from([0.0, 8.0, 33.3, 50.0, 99.0, 100.0]))
+@example(x=np.array([1.0, 0.0, 0.0, 1.0], np.float32), win=32, p=50.0)  # window ≫ trace
 def test_running_percentile_matches_naive_windows(x, win, p):
     got = baseline_running_percentile(x, fs=1.0, win_baseline=float(win), prctile_baseline=p)
     np.testing.assert_array_equal(got, ref_running_percentile(x, win, p).astype(np.float32))

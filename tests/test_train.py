@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import socket
 import subprocess
 import sys
 import textwrap
@@ -150,16 +151,20 @@ DDP_SCRIPT = textwrap.dedent(
 def test_ddp_two_processes_on_cpu(tmp_path: Path) -> None:
     script = tmp_path / "ddp_fit.py"
     script.write_text(DDP_SCRIPT)
+    with socket.socket() as probe:  # a free loopback port for the rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     cmd = [
         sys.executable,
         "-m",
         "torch.distributed.run",
         "--nproc_per_node=2",
-        "--master_port=0",
+        "--master_addr=127.0.0.1",
+        f"--master_port={port}",
         str(script),
         str(tmp_path / "m.pt"),
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("rank done") == 2
