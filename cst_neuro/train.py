@@ -227,12 +227,28 @@ def sample_batch(
         frames = np.flatnonzero(observed.any(1))
         if frames.size < 2:
             continue
-        n_query = max(1, round(config.query_fraction * frames.size))
-        held = np.zeros(block.shape[0], bool)
-        held[rng.choice(frames, n_query, replace=False)] = True
+        held = held_out_frames(frames, block.shape[0], config, rng)
         ctx_parts.append(windows.tokens(block, start, observed & ~held[:, None]))
         qry_parts.append(windows.tokens(block, start, observed & held[:, None]))
     return pad_tokens(ctx_parts, windows.value_dim), pad_tokens(qry_parts, windows.value_dim)
+
+
+def held_out_frames(
+    frames: np.ndarray, window: int, config: FitConfig, rng: np.random.Generator
+) -> np.ndarray:
+    """Frames to hold out as queries: random runs of 1..val_block observed frames.
+
+    Single frames teach interpolation between neighbours (upsampling); longer runs teach
+    in-filling of gaps like the validation blocks.
+    """
+    n_query = max(1, round(config.query_fraction * frames.size))
+    held = np.zeros(window, bool)
+    while held[frames].sum() < n_query:
+        start = int(rng.choice(frames))
+        held[start : start + int(rng.integers(1, config.val_block + 1))] = True
+    if held[frames].all():  # keep some context
+        held[frames[0]] = False
+    return held
 
 
 @torch.no_grad()
