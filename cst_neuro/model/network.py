@@ -394,12 +394,27 @@ class CSTConfig:
 
 @dataclass
 class TokenCache:
-    """The observed tokens of a window, for decoders that read each query's own channel."""
+    """The observed tokens of a window grouped by channel, for each query's own channel.
 
-    kv: list[tuple[Tensor, Tensor]]  # per decoder layer, keys and values (B, H, N, D/H)
-    coords: Tensor  # (B, N, C)
-    table: Tensor  # (B, n_ids, M) indices of each channel's tokens
-    valid: Tensor  # (B, n_ids, M) which table entries are real
+    Arranged once per window (at encode), so that a decode reads a query's keys with one
+    contiguous ``index_select`` by its identity.
+    """
+
+    kv: list[tuple[Tensor, Tensor]]  # per decoder layer, keys and values (B, n_ids, H, M, D/H)
+    coords: Tensor  # (B, n_ids, M, C)
+    valid: Tensor  # (B, n_ids, M) which entries are real tokens
+
+    @classmethod
+    def by_channel(
+        cls, kv: list[tuple[Tensor, Tensor]], coords: Tensor, table: Tensor, valid: Tensor
+    ) -> TokenCache:
+        """Group token keys/values (B, H, N, D/H) and coords (B, N, C) by a channel table."""
+        batch = torch.arange(table.shape[0], device=table.device)[:, None, None]
+
+        def group(t: Tensor) -> Tensor:  # (B, H, N, hd) -> (B, n_ids, H, M, hd)
+            return t.transpose(1, 2)[batch, table].transpose(2, 3).contiguous()
+
+        return cls([(group(k), group(v)) for k, v in kv], coords[batch, table], valid)
 
     def to(self, dtype: torch.dtype) -> TokenCache:
         kv = [(k.to(dtype), v.to(dtype)) for k, v in self.kv]
@@ -450,6 +465,16 @@ def channel_table(ids: Tensor, mask: Tensor | None, n_ids: int) -> tuple[Tensor,
     valid.scatter_(1, slot, torch.ones_like(slot, dtype=torch.bool))
     table, valid = table[:, :dump].view(B, n_ids + 1, M), valid[:, :dump].view(B, n_ids + 1, M)
     return table[:, :n_ids], valid[:, :n_ids]
+
+
+def _by_query(t: Tensor, ids: Tensor) -> Tensor:
+    """Rows of a per-channel table (Bt, n_ids, ...), Bt ∈ {1, B}, for ids (B, Q): (B, Q, ...)."""
+    B, Q = ids.shape
+    if t.shape[0] == 1:
+        return t[0].index_select(0, ids.reshape(-1)).view(B, Q, *t.shape[2:])
+    offset = torch.arange(B, device=ids.device)[:, None] * t.shape[1]
+    flat = t.reshape(B * t.shape[1], *t.shape[2:])
+    return flat.index_select(0, (ids + offset).reshape(-1)).view(B, Q, *t.shape[2:])
 
 
 @contextmanager
@@ -700,7 +725,9 @@ class CST(nn.Module):
             table, valid = channel_table(ids, mask, self.config.n_ids)  # type: ignore[arg-type]
             kv = [block.local_kv(tokens).chunk(2, dim=-1) for block in self.decoder]
             split = self.decoder[0].attn.split_heads
-            cache = TokenCache([(split(k), split(v)) for k, v in kv], coords, table, valid)
+            cache = TokenCache.by_channel(
+                [(split(k), split(v)) for k, v in kv], coords, table, valid
+            )
         return Context(
             memory,
             [block.attn.keys_values(memory) for block in self.decoder],
@@ -767,13 +794,9 @@ class CST(nn.Module):
         memory_coords = None if context.coords is None else context.coords.expand(B, -1, -1)
         memory_ids = None if context.ids is None else context.ids.expand(B, -1)
         cache = context.tokens
-        if cache is not None:  # each query's own channel: (B, Q, M) token indices
-            batch = torch.arange(B, device=coords.device)[:, None]
-            table, valid = cache.table.expand(B, -1, -1), cache.valid.expand(B, -1, -1)
-            own, own_mask = table[batch, ids], valid[batch, ids][:, None]  # type: ignore[index]
-            own_coords = cache.coords.expand(B, -1, -1)[batch[..., None], own]  # (B, Q, M, C)
-            heads = torch.arange(self.config.n_heads, device=coords.device)[:, None, None]
-            at = (batch[:, None, :, None], heads, own[:, None])  # gathers (B, H, Q, M, D/H)
+        if cache is not None:  # each query's own channel: M tokens per query
+            own_mask = _by_query(cache.valid, ids)[:, None]  # type: ignore[arg-type]
+            own_coords = _by_query(cache.coords, ids)  # type: ignore[arg-type]  # (B, Q, M, C)
         dims = 1 if context.time_only else None
         for i, (block, (k, v)) in enumerate(zip(self.decoder, context.kv, strict=True)):
             bias = None
@@ -781,7 +804,7 @@ class CST(nn.Module):
                 bias = block.bias(coords, memory_coords, direction, order, ids, memory_ids, dims)
             local = None
             if cache is not None and block.local_bias is not None:
-                kt, vt = (t.expand(B, -1, -1, -1)[at] for t in cache.kv[i])
+                kt, vt = (_by_query(t, ids).transpose(1, 2) for t in cache.kv[i])  # type: ignore[arg-type]
                 local = LocalKeys(
                     kt,
                     vt,
