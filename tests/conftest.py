@@ -22,3 +22,19 @@ def shared_data() -> Path:
 def rng() -> np.random.Generator:
     """A seeded generator so every test is deterministic."""
     return np.random.default_rng(20230123)
+
+
+@pytest.fixture
+def numeric_reads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """Records every positioned read of a lazy NumericFile as (start, stop), in order."""
+    from cst_neuro.io import npy
+
+    reads: list[tuple[int, int]] = []
+    original = npy.NumericFile.read_rows
+
+    def spy(self: npy.NumericFile, start: int, stop: int) -> np.ndarray:
+        reads.append((start, stop))
+        return original(self, start, stop)
+
+    monkeypatch.setattr(npy.NumericFile, "read_rows", spy)
+    return reads

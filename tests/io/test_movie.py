@@ -12,7 +12,6 @@ import tifffile
 
 from cst_neuro.errors import InputError
 from cst_neuro.io import npy
-from cst_neuro.io import npy as npy_module
 from cst_neuro.io.movie import MovieReader, ZarrFrames
 
 READER = MovieReader()
@@ -25,19 +24,6 @@ def frames(rng: np.random.Generator) -> np.ndarray:
     return rng.integers(0, 4000, size=(12, 16, 10), dtype=np.uint16)
 
 
-def spy_reads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
-    """Record every positioned read of a NumericFile (start, stop frames)."""
-    reads: list[tuple[int, int]] = []
-    original = npy_module.NumericFile.read_rows
-
-    def spy(self: npy_module.NumericFile, start: int, stop: int) -> np.ndarray:
-        reads.append((start, stop))
-        return original(self, start, stop)
-
-    monkeypatch.setattr(npy_module.NumericFile, "read_rows", spy)
-    return reads
-
-
 # --- the real movie ------------------------------------------------------------------------
 
 
@@ -47,10 +33,10 @@ def test_real_movie_has_no_rate_in_its_metadata(shared_data: Path) -> None:
 
 
 def test_real_movie_reads_lazily_with_positioned_reads(
-    shared_data: Path, monkeypatch: pytest.MonkeyPatch
+    shared_data: Path, numeric_reads: list[tuple[int, int]]
 ) -> None:
     path = shared_data / REAL
-    reads = spy_reads(monkeypatch)
+    reads = numeric_reads
     ds = READER.open(path, fs=30.0)
     assert not reads  # opening reads no frames
     assert (ds.sizes["time"], ds.sizes["y"], ds.sizes["x"]) == (200, 128, 128)
@@ -130,13 +116,16 @@ def test_singleton_channel_axis_is_dropped(tmp_path: Path, frames: np.ndarray) -
 
 
 def test_reads_are_bounded_by_chunks(
-    tmp_path: Path, frames: np.ndarray, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    frames: np.ndarray,
+    monkeypatch: pytest.MonkeyPatch,
+    numeric_reads: list[tuple[int, int]],
 ) -> None:
     tifffile.imwrite(tmp_path / "m.tif", frames)
     monkeypatch.setattr(npy, "CHUNK_BYTES", 16 * 10 * 2 * 3)  # 3 frames per chunk
     ds = READER.open(tmp_path / "m.tif", fs=10.0)
     assert ds["grid"].data.numblocks[0] == 4
-    reads = spy_reads(monkeypatch)
+    reads = numeric_reads
     np.testing.assert_array_equal(ds["grid"][7].values, frames[7].astype(np.float32))
     assert reads == [(6, 9)]
 

@@ -18,7 +18,6 @@ from hypothesis import strategies as st
 
 from cst_neuro.errors import InputError
 from cst_neuro.io import npy
-from cst_neuro.io import npy as npy_module
 from cst_neuro.io.traces import H5Array, TracesReader
 
 READER = TracesReader()
@@ -91,23 +90,19 @@ def test_guess_can_open_real_files(shared_data: Path) -> None:
 
 
 def test_npy_is_lazy_and_reads_only_requested_rows(
-    tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    rng: np.random.Generator,
+    monkeypatch: pytest.MonkeyPatch,
+    numeric_reads: list[tuple[int, int]],
 ) -> None:
     data = rng.standard_normal((400, 7)).astype(np.float32)
     np.save(tmp_path / "dff.npy", data)
     monkeypatch.setattr(npy, "CHUNK_BYTES", 7 * 4 * 50)  # 50 frames per chunk
     ds = READER.open(tmp_path / "dff.npy", fs=10.0, time_axis=0)
     assert isinstance(ds["F"].data, da.Array) and ds["F"].data.numblocks == (8, 1)
-    reads: list[tuple[int, int]] = []
-    original = npy_module.NumericFile.read_rows
-
-    def spy(self: npy_module.NumericFile, start: int, stop: int) -> np.ndarray:
-        reads.append((start, stop))
-        return original(self, start, stop)
-
-    monkeypatch.setattr(npy_module.NumericFile, "read_rows", spy)
+    numeric_reads.clear()  # count only the reads of the slice below
     np.testing.assert_array_equal(ds["F"][120:130].values, data[120:130])
-    assert reads and all(stop - start <= 50 for start, stop in reads)
+    assert numeric_reads and all(stop - start <= 50 for start, stop in numeric_reads)
 
 
 def test_npy_roi_by_time_and_fortran_order(tmp_path: Path, rng: np.random.Generator) -> None:
