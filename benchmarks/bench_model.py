@@ -3,7 +3,8 @@
 All in one run, on the same data and threads:
 
 1. training step time of mode ``cst`` (Sobolev k=2) against the same network trained with
-   plain MSE (k=0), and the ``paper`` mode (release loss) beside them;
+   plain MSE (k=0), and the ``paper`` mode (release loss) beside them, at fit's default
+   batch size;
 2. throughput of the ~1 M-parameter default ``cst`` network in tokens/s and achieved
    FLOP/s (counted with torch's FlopCounterMode) against the machine's fp32
    matrix-multiply peak, measured here with large torch.mm calls;
@@ -133,15 +134,18 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rois", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument(
+        "--batch", type=int, default=FitConfig.batch_size, help="windows per step (default: fit's)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     windows = ChannelWindows(recording(args.rois, 2000), window=32)
-    config_kw = dict(window=32, batch_size=1, max_tokens=16384, n_collocation=256)
+    config_kw = dict(window=32, batch_size=args.batch, max_tokens=16384, n_collocation=256)
     peak = matmul_peak()
     mse, tokens = step_cost("cst", 0, windows, config_kw, args.repeats)
     sob, _ = step_cost("cst", 2, windows, config_kw, args.repeats)
-    small = dict(config_kw, max_tokens=2048)  # the paper's joint attention is O(N²)
+    small = dict(config_kw, max_tokens=2048, batch_size=1)  # paper: O(N²) joint attention
     paper_mse, paper_tokens = step_cost("cst", 0, windows, small, args.repeats)
     paper, _ = step_cost("paper", 3, windows, small, args.repeats)
     flops, flop_tokens = model_flops(windows, dict(config_kw, sobolev_k=2))
