@@ -152,7 +152,7 @@ class Attention(nn.Module):
         """Jet x (K+1, B, Q, D) attends to fixed k, v (B, H, N, D/H): jet (K+1, B, Q, D).
 
         `bias` is a jet (K+1, B, H, Q, N) added to the scores (its order-0 part alone when
-        x has order 0). `local` adds keys of each query's own (B, H, Q, M, D/H), sharing
+        x has order 0). `local` adds keys of each query's own (B, Q, H, M, D/H), sharing
         one softmax with the N common keys.
         """
         q = self.split_heads(taylor.linear(x, self.q.weight, self.q.bias))  # (K+1, B, H, Q, hd)
@@ -163,13 +163,13 @@ class Attention(nn.Module):
             scores = _masked_jet((q @ k.transpose(-2, -1)) * scale, bias, mask)
             n = scores.shape[-1]
             if local is not None:  # one (K+1, hd) @ (hd, M) product per query and head
-                own = (q.permute(1, 2, 3, 0, 4) @ local.k.transpose(-2, -1)) * scale
-                own = own.permute(3, 0, 1, 2, 4)  # (K+1, B, H, Q, M)
+                own = (q.permute(1, 3, 2, 0, 4) @ local.k.transpose(-2, -1)) * scale
+                own = own.permute(3, 0, 2, 1, 4)  # (B, Q, H, K+1, M) -> (K+1, B, H, Q, M)
                 scores = torch.cat([scores, _masked_jet(own, local.bias, local.mask)], -1)
             p = taylor.dropout(taylor.softmax(scores), self.attn_dropout, self.training)
             y = p[..., :n] @ v  # (K+1, B, H, Q, hd)
             if local is not None:
-                y = y + (p[..., n:].permute(1, 2, 3, 0, 4) @ local.v).permute(3, 0, 1, 2, 4)
+                y = y + (p[..., n:].permute(1, 3, 2, 0, 4) @ local.v).permute(3, 0, 2, 1, 4)
         y = taylor.linear(self.merge_heads(y), self.proj.weight, self.proj.bias)
         return taylor.dropout(y, self.dropout, self.training)
 
@@ -240,8 +240,8 @@ class CoordBias(nn.Module):
 class LocalKeys:
     """Keys, values, bias jet and mask of keys that each query has for itself."""
 
-    k: Tensor  # (B, H, Q, M, D/H)
-    v: Tensor  # (B, H, Q, M, D/H)
+    k: Tensor  # (B, Q, H, M, D/H): query-major, as gathered, so matmuls read it in place
+    v: Tensor  # (B, Q, H, M, D/H)
     bias: Tensor | None  # (K+1, B, H, Q, M)
     mask: Tensor  # (B, 1, Q, M) True = attend
 
@@ -804,7 +804,7 @@ class CST(nn.Module):
                 bias = block.bias(coords, memory_coords, direction, order, ids, memory_ids, dims)
             local = None
             if cache is not None and block.local_bias is not None:
-                kt, vt = (_by_query(t, ids).transpose(1, 2) for t in cache.kv[i])  # type: ignore[arg-type]
+                kt, vt = (_by_query(t, ids) for t in cache.kv[i])  # type: ignore[arg-type]
                 local = LocalKeys(
                     kt,
                     vt,
