@@ -216,11 +216,11 @@ def reconstruct(
         block = dask.delayed(lambda c: rec.as_image(rec.predict(c)))(chunk)
         blocks.append(da.from_delayed(block, (chunk.size, *first.shape[1:]), np.float32))
     values = da.concatenate(blocks, axis=0)
-    fs = (
-        len(out_t) / max(out_t[-1] - out_t[0], 1e-12)
-        if upsample is None
-        else (float(ds.attrs["fs"]) * upsample)
-    )
+    if upsample is not None:
+        fs = float(ds.attrs["fs"]) * upsample
+    else:  # arbitrary times: their mean rate (the recording's own for a single time)
+        span = out_t[-1] - out_t[0]
+        fs = (out_t.size - 1) / span if out_t.size > 1 else float(ds.attrs["fs"])
     if rec.windows.layout == "grid":
         ny, nx = first.shape[1:]
         data_vars = {rec.var: (("time", "y", "x"), values)}
@@ -228,8 +228,11 @@ def reconstruct(
     else:
         data_vars = {rec.var: (("time", "roi"), values)}
         coords = {name: ds[name] for name in ds.coords if ds[name].dims == ("roi",)}
-    attrs = {k: ds.attrs[k] for k in ("source_format", "source_name", "nplanes") if k in ds.attrs}
-    attrs.update(reconstruction_of=str(ds.attrs.get("source_name", "")), upsample=upsample or 0)
+    attrs = {
+        "nplanes": ds.attrs.get("nplanes", 1),
+        "upsample": upsample or 0,
+        "reconstruction_of": str(ds.attrs.get("source_name", "")),
+    }
     return new_recording(
         data_vars,
         time=out_t,
@@ -237,5 +240,5 @@ def reconstruct(
         source_format="cst-reconstruction",
         source_name=f"{ds.attrs.get('source_name', '')} (reconstruction)",
         coords=coords,
-        attrs={**attrs, "source_format": "cst-reconstruction"},
+        attrs=attrs,
     )

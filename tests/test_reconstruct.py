@@ -136,3 +136,15 @@ def test_cli_reconstruct_bad_input(trained, tmp_path: Path) -> None:
         assert result.exit_code == 2
         assert result.stderr.startswith("error: ") and message in result.stderr
         assert "Traceback" not in result.output
+
+
+def test_reconstruction_names_its_source(trained) -> None:
+    folder, _, ds = trained
+    out = reconstruct(Reconstructor.from_checkpoint(folder / "m.pt", ds), ds, upsample=2)
+    assert out.attrs["source_format"] == "cst-reconstruction"
+    assert out.attrs["source_name"] == f"{ds.attrs['source_name']} (reconstruction)"
+    assert out.attrs["reconstruction_of"] == ds.attrs["source_name"]
+    at_times = reconstruct(
+        Reconstructor.from_checkpoint(folder / "m.pt", ds), ds, times=np.array([1.0, 1.5, 3.0])
+    )
+    assert at_times.attrs["fs"] == 1.0  # two intervals over two seconds
