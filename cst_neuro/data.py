@@ -148,6 +148,7 @@ class ChannelWindows:
             # random windows from memory; a lazy graph (e.g. unsaved ΔF/F) is computed once
             self.values = self.values.load()
         self.layout = "grid" if ds[self.var].ndim == 3 else "traces"
+        self.grid_shape = patch_grid(ds, patch) if self.layout == "grid" else None
         self.patch = patch if self.layout == "grid" else 1
         self.positions, self.offsets_frames, self.fov = channel_positions(ds, self.var, patch)
         self.n_channels, self.value_dim = self.values.shape[1], self.values.shape[2]
@@ -201,6 +202,15 @@ def _default_var(ds: xr.Dataset) -> str:
     raise InputError(ds.attrs.get("source_name"), "recording has no dff, grid or F to model")
 
 
+def patch_grid(ds: xr.Dataset, patch: int) -> tuple[int, int]:
+    """Whole p×p patches along y and x (edge pixels that do not fill a patch are left out)."""
+    ny, nx = ds.sizes["y"] // patch, ds.sizes["x"] // patch
+    if ny == 0 or nx == 0:
+        name = ds.attrs.get("source_name")
+        raise InputError(name, f"grid smaller than one {patch}x{patch} patch")
+    return ny, nx
+
+
 def channel_view(ds: xr.Dataset, var: str, *, patch: int) -> xr.DataArray:
     """(time, channel, value) view of traces (value size 1) or p×p grid patches (p²)."""
     da = ds[var]
@@ -208,10 +218,7 @@ def channel_view(ds: xr.Dataset, var: str, *, patch: int) -> xr.DataArray:
         return da.rename(roi="channel").expand_dims(value=1, axis=2)
     if da.dims != ("time", "y", "x"):
         raise InputError(ds.attrs.get("source_name"), f"cannot model {var}{da.dims}")
-    ny, nx = da.sizes["y"] // patch, da.sizes["x"] // patch
-    if ny == 0 or nx == 0:
-        name = ds.attrs.get("source_name")
-        raise InputError(name, f"grid smaller than one {patch}x{patch} patch")
+    ny, nx = patch_grid(ds, patch)
     da = da.isel(y=slice(0, ny * patch), x=slice(0, nx * patch))
     data = da.data.reshape(da.sizes["time"], ny, patch, nx, patch)  # (T, ny, p, nx, p)
     data = data.transpose(0, 1, 3, 2, 4).reshape(da.sizes["time"], ny * nx, patch * patch)
@@ -234,7 +241,7 @@ def channel_positions(ds: xr.Dataset, var: str, patch: int) -> tuple[np.ndarray,
         )
         fov = float(max(ds.sizes.get("y", 0), ds.sizes.get("x", 0), np.nanmax(pos, initial=0) + 1))
         return pos, offsets, fov
-    ny, nx = ds.sizes["y"] // patch, ds.sizes["x"] // patch
+    ny, nx = patch_grid(ds, patch)
     yy, xx = np.meshgrid(np.arange(ny), np.arange(nx), indexing="ij")
     pos = (np.column_stack([yy.ravel(), xx.ravel()]) + 0.5) * patch
     fov = float(max(ds.sizes["y"], ds.sizes["x"]))

@@ -84,20 +84,14 @@ class Reconstructor:
         w, n = self.windows.window, self.windows.n_frames
         return int(np.clip(np.floor(frame) - w // 2 + 1, 0, n - w))
 
-    def _block(self, start: int) -> np.ndarray:
-        if start not in self._blocks:
-            self._blocks[start] = self.windows.read(start)
-            if len(self._blocks) > self._cache_size:
-                self._blocks.popitem(last=False)
-        return self._blocks[start]
-
     def context(self, start: int, group: int) -> Any:
         """The encoded context (mode cst) or context tokens of a window's channel group."""
-        key = (start, group)
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            return self._cache[key]
-        block = self._block(start)
+        return _remember(
+            self._cache, (start, group), self._cache_size, lambda: self._encode(start, group)
+        )
+
+    def _encode(self, start: int, group: int) -> Any:
+        block = _remember(self._blocks, start, self._cache_size, lambda: self.windows.read(start))
         keep = self.windows.observed(block)
         mask = np.zeros_like(keep)
         mask[:, self.groups[group]] = True
@@ -107,16 +101,10 @@ class Reconstructor:
         if not tokens.mask.any():
             raise InputError(None, f"no observed samples in frames {start}..{start + len(keep)}")
         tokens = tokens.to(self.device)
+        if self.model.config.mode != "cst":
+            return tokens
         with torch.no_grad():
-            ctx = (
-                self.model.encode(tokens.values, tokens.coords, tokens.ids, tokens.mask)
-                if self.model.config.mode == "cst"
-                else tokens
-            )
-        self._cache[key] = ctx
-        if len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
-        return ctx
+            return self.model.encode(tokens.values, tokens.coords, tokens.ids, tokens.mask)
 
     @torch.no_grad()
     def predict(self, times: np.ndarray, channels: np.ndarray | None = None) -> np.ndarray:
@@ -160,17 +148,21 @@ class Reconstructor:
         if self.windows.layout != "grid":
             return values[..., 0]
         p = self.windows.patch
-        ny, nx = self.grid_shape
+        ny, nx = self.windows.grid_shape
         t = values.shape[0]
         img = values.reshape(t, ny, nx, p, p).transpose(0, 1, 3, 2, 4)  # (T, ny, p, nx, p)
         return img.reshape(t, ny * p, nx * p)
 
-    @property
-    def grid_shape(self) -> tuple[int, int]:
-        """Patches along y and x (grids only)."""
-        pos = self.windows.positions
-        p = self.windows.patch
-        return round(pos[:, 0].max() / p + 0.5), round(pos[:, 1].max() / p + 0.5)
+
+def _remember(cache: OrderedDict, key: Any, size: int, make: Any) -> Any:
+    """Least-recently-used lookup: ``cache[key]``, computed by ``make()`` when absent."""
+    if key in cache:
+        cache.move_to_end(key)
+    else:
+        cache[key] = make()
+        if len(cache) > size:
+            cache.popitem(last=False)
+    return cache[key]
 
 
 def output_times(

@@ -481,7 +481,7 @@ def _save_progress(
             "fit_config": dataclasses.asdict(config),
             "state_dict": model.state_dict(),
             "optimizer": optimizer.state_dict(),
-            "train_state": {k: v for k, v in state.items()},
+            "train_state": state,
             "data_fingerprint": fingerprint,
         },
         partial_path(output),

@@ -148,3 +148,25 @@ def test_reconstruction_names_its_source(trained) -> None:
         Reconstructor.from_checkpoint(folder / "m.pt", ds), ds, times=np.array([1.0, 1.5, 3.0])
     )
     assert at_times.attrs["fs"] == 1.0  # two intervals over two seconds
+
+
+def test_grid_reconstruction_inverts_the_patch_view(tmp_path: Path, rng) -> None:
+    from cst_neuro.data import channel_view
+    from cst_neuro.schema import new_recording
+
+    grid = rng.normal(size=(60, 10, 13)).astype(np.float32)  # 2 x 3 patches of 4, edges trimmed
+    ds = new_recording(
+        {"grid": (("time", "y", "x"), grid)},
+        time=np.arange(60) / 10.0,
+        fs=10.0,
+        source_format="test",
+        source_name="g",
+        coords={"y": np.arange(10.0), "x": np.arange(13.0)},
+    )
+    fit(ds, tmp_path / "g.pt", config=FitConfig(**CONFIG, model=TINY))
+    rec = Reconstructor.from_checkpoint(tmp_path / "g.pt", ds)
+    patches = channel_view(ds, "grid", patch=4).values  # (T, 6, 16)
+    np.testing.assert_array_equal(rec.as_image(patches), grid[:, :8, :12])
+    out = reconstruct(rec, ds, upsample=2)
+    assert out["grid"].dims == ("time", "y", "x") and out["grid"].shape == (119, 8, 12)
+    np.testing.assert_array_equal(out["y"].values, np.arange(8.0))

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from cst_neuro._cli.common import handle_errors
+from cst_neuro._cli.common import fail, handle_errors
 
 
 class Mode(StrEnum):
@@ -83,7 +83,6 @@ def reconstruct(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
 ) -> None:
     """Evaluate a model at K× the frame rate (or given times) and write a zarr store."""
-    from cst_neuro._cli.common import fail
     from cst_neuro.checkpoint import resolve_device
     from cst_neuro.io.npy import open_npy
     from cst_neuro.reconstruct import Reconstructor
