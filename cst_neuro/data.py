@@ -103,7 +103,11 @@ class Tokens:
 
 
 def pad_tokens(parts: list[dict[str, np.ndarray]], value_dim: int) -> Tokens:
-    """Stack per-sample token arrays into one padded batch."""
+    """Stack per-sample token arrays into one padded batch.
+
+    Padding tokens repeat the sample's identities in turn, so that the work per channel of
+    the decoder's own-channel attention (`ChannelGroups`) stays balanced.
+    """
     n = max(1, max(len(p["ids"]) for p in parts))
     b = len(parts)
     coords = np.zeros((b, n, 3), np.float32)
@@ -114,6 +118,8 @@ def pad_tokens(parts: list[dict[str, np.ndarray]], value_dim: int) -> Tokens:
     for i, p in enumerate(parts):
         k = len(p["ids"])
         coords[i, :k], values[i, :k], ids[i, :k] = p["coords"], p["values"], p["ids"]
+        if 0 < k < n:
+            ids[i, k:] = p["ids"][np.arange(n - k) % k]
         mask[i, :k], value_mask[i, :k] = True, p["value_mask"]
     return Tokens(*(torch.from_numpy(a) for a in (coords, values, ids, mask, value_mask)))
 

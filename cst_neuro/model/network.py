@@ -55,6 +55,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from cst_neuro.model import dropout as drop
 from cst_neuro.model import taylor
 from cst_neuro.model.dummies import add_dummy_tokens
 from cst_neuro.model.encoding import FourierEncoding
@@ -130,7 +131,7 @@ class Attention(nn.Module):
             scores = scores + bias
         elif mask is not None:
             scores = scores.masked_fill(~mask, float("-inf"))
-        return F.dropout(F.softmax(scores, dim=-1), p, training=p > 0) @ v
+        return drop.dropout(F.softmax(scores, dim=-1), p, training=p > 0) @ v
 
     def forward(
         self, x: Tensor, source: Tensor | None = None, mask: Tensor | None = None
@@ -138,7 +139,7 @@ class Attention(nn.Module):
         """x (B, Q, D) attends to source (B, N, D), masked by (B, 1, 1, N): (B, Q, D)."""
         k, v = self.keys_values(x if source is None else source)
         y = self.attend(self.split_heads(self.q(x)), k, v, mask)
-        return F.dropout(self.proj(self.merge_heads(y)), self.dropout, self.training)
+        return drop.dropout(self.proj(self.merge_heads(y)), self.dropout, self.training)
 
     def forward_jet(
         self,
@@ -157,19 +158,20 @@ class Attention(nn.Module):
         """
         q = self.split_heads(taylor.linear(x, self.q.weight, self.q.bias))  # (K+1, B, H, Q, hd)
         if x.shape[0] == 1 and local is None:  # plain values: the fast kernel
-            y = self.attend(q[0], k, v, mask, None if bias is None else bias[0])[None]
+            bias = None if bias is None else bias.squeeze(0)  # views: no zero-filled gradients
+            y = self.attend(q.squeeze(0), k, v, mask, bias).unsqueeze(0)
         else:
             scale = 1.0 / math.sqrt(k.shape[-1])
             scores = _masked_jet((q @ k.transpose(-2, -1)) * scale, bias, mask)
             n = scores.shape[-1]
-            if local is not None:  # one (K+1, hd) @ (hd, M) product per query and head
-                own = (q.permute(1, 3, 2, 0, 4) @ local.k.transpose(-2, -1)) * scale
-                own = own.permute(3, 0, 2, 1, 4)  # (B, Q, H, K+1, M) -> (K+1, B, H, Q, M)
+            if local is not None:
+                own = local.groups.matmul(q, local.k.transpose(-2, -1)) * scale
                 scores = torch.cat([scores, _masked_jet(own, local.bias, local.mask)], -1)
             p = taylor.dropout(taylor.softmax(scores), self.attn_dropout, self.training)
-            y = p[..., :n] @ v  # (K+1, B, H, Q, hd)
+            common, own_p = p.split([n, p.shape[-1] - n], -1)
+            y = common @ v  # (K+1, B, H, Q, hd)
             if local is not None:
-                y = y + (p[..., n:].permute(1, 3, 2, 0, 4) @ local.v).permute(3, 0, 2, 1, 4)
+                y = y + local.groups.matmul(own_p, local.v)
         y = taylor.linear(self.merge_heads(y), self.proj.weight, self.proj.bias)
         return taylor.dropout(y, self.dropout, self.training)
 
@@ -180,9 +182,10 @@ def _masked_jet(scores: Tensor, bias: Tensor | None, mask: Tensor | None) -> Ten
         scores = scores + bias if bias.shape[0] == scores.shape[0] else taylor.add0(scores, bias[0])
     if mask is None:
         return scores
-    return torch.cat(
-        [scores[:1].masked_fill(~mask, float("-inf")), scores[1:].masked_fill(~mask, 0.0)]
-    )
+    if scores.shape[0] == 1:
+        return scores.masked_fill(~mask, float("-inf"))
+    value, above = scores.split([1, scores.shape[0] - 1])
+    return torch.cat([value.masked_fill(~mask, float("-inf")), above.masked_fill(~mask, 0.0)])
 
 
 class CoordBias(nn.Module):
@@ -222,26 +225,101 @@ class CoordBias(nn.Module):
         if key_coords.dim() == 3:
             key_coords = key_coords[:, None]
         delta = coords[:, :, None, :] - key_coords  # (B, Q, N, C')
-        jet = [-(delta * delta) @ gamma]  # (B, Q, N, H)
+        jet = [_by_head(delta * delta, -gamma)]  # (B, H, Q, N)
         if order >= 1:
             u = direction[..., :dims].to(coords.dtype)[:, :, None, :]  # type: ignore[index]
-            jet.append(-2 * (delta * u) @ gamma)
+            jet.append(_by_head(delta * u, -2 * gamma))
         if order >= 2:
-            jet.append((-(u * u) @ gamma).expand_as(jet[0]))
+            jet.append(_by_head(u * u, -gamma).expand_as(jet[0]))
         jet += [torch.zeros_like(jet[0])] * (order - 2)
-        out = torch.stack(jet).permute(0, 1, 4, 2, 3)  # (K+1, B, H, Q, N)
+        out = jet[0][None] if order == 0 else torch.stack(jet)  # (K+1, B, H, Q, N)
         if self.id_weight is not None and ids is not None and key_ids is not None:
             same = (ids[:, :, None] == key_ids[:, None, :]).to(out.dtype)  # (B, Q, N)
             out = taylor.add0(out, self.id_weight.to(out.dtype)[:, None, None] * same[:, None])
         return out
 
 
+def _by_head(x: Tensor, weight: Tensor) -> Tensor:
+    """Σ_c x_c w_ch for x (B, Q, N, C) and w (C, H), laid out (B, H, Q, N) for the scores."""
+    x = x.unsqueeze(1)  # (B, 1, Q, N, C)
+    w = weight[:, :, None, None]  # (C, H, 1, 1)
+    out = x[..., 0] * w[0]
+    for c in range(1, x.shape[-1]):
+        out = torch.addcmul(out, x[..., c], w[c])
+    return out
+
+
+@dataclass
+class ChannelGroups:
+    """Queries grouped by the cache row (window and channel) whose own keys they read.
+
+    Own-channel attention then costs one batched matmul per layer, (S·(K+1), hd) @ (hd, M)
+    for each group of S query slots and each head: gathering M keys for every query instead
+    would copy, and in training scatter back, Q·M·D numbers per layer, more than all the
+    layer's matmuls cost. When the spare slots of one group per cache row cost less than
+    gathering the used rows' keys (a spare slot costs about a query, a gathered row about M),
+    every row is a group and the keys are read in place. Otherwise (one long trace among
+    single queries) the used rows are gathered; S is then the largest count, or the mean if
+    that would leave most slots spare, and a row with more queries fills several groups.
+    """
+
+    rows: Tensor | None  # (G,) cache row of each group, flat over (window, channel); None = all
+    members: Tensor  # (G·S,) query (flat over B·Q) in each group slot; spare slots read query 0
+    slots: Tensor  # (B·Q,) each query's slot
+    size: int  # S
+
+    @classmethod
+    def of(cls, ids: Tensor, cache_batch: int, n_ids: int, row_tokens: int) -> ChannelGroups:
+        """Groups for query identities (B, Q) against a cache of `cache_batch` windows whose
+        rows hold `row_tokens` (M) tokens each."""
+        B, Q = ids.shape
+        if cache_batch > 1:
+            ids = ids + torch.arange(B, device=ids.device)[:, None] * n_ids
+        flat, position = ids.reshape(-1), torch.arange(B * Q, device=ids.device)
+        if ids.device.type == "meta":  # no data to group by: a group per query
+            return cls(flat, position, position, 1)
+        n_rows = cache_batch * n_ids
+        counts = torch.bincount(flat, minlength=n_rows)
+        size, used = int(counts.max()), int(torch.count_nonzero(counts))
+        rows: Tensor | None = None
+        if n_rows * size - B * Q <= used * row_tokens:  # every row a group: keys in place
+            row, chunks = flat, torch.ones_like(counts)
+        else:
+            in_use, row, counts = torch.unique(flat, return_inverse=True, return_counts=True)
+            if used * size > 2 * B * Q:
+                size = -(-B * Q // used)
+            chunks = -(-counts // size)  # groups per row in use
+            rows = in_use.repeat_interleave(chunks)
+        first_group = chunks.cumsum(0) - chunks
+        order = torch.argsort(row, stable=True)
+        rank = torch.empty_like(order)
+        rank[order] = position - (counts.cumsum(0) - counts)[row[order]]  # among the row's
+        slots = (first_group[row] + rank // size) * size + rank % size
+        members = torch.zeros(int(chunks.sum()) * size, dtype=torch.long, device=ids.device)
+        members[slots] = position
+        return cls(rows, members, slots, size)
+
+    def rows_of(self, table: Tensor) -> Tensor:
+        """The groups' rows (H, G, ...) of a per-row table (H, rows, ...)."""
+        return table if self.rows is None else table.index_select(1, self.rows)
+
+    def matmul(self, x: Tensor, other: Tensor) -> Tensor:
+        """Jet rows x (K+1, B, H, Q, n) times each query's own (H, G, n, m): (K+1, B, H, Q, m)."""
+        K1, B, H, Q, n = x.shape
+        G, m = other.shape[1], other.shape[-1]
+        grouped = x.permute(2, 1, 3, 0, 4).reshape(H, B * Q, K1 * n).index_select(1, self.members)
+        y = grouped.view(H, G, self.size * K1, n) @ other  # (H, G, S·(K+1), m)
+        y = y.view(H, G * self.size, K1 * m).index_select(1, self.slots)
+        return y.view(H, B, Q, K1, m).permute(3, 1, 0, 2, 4)
+
+
 @dataclass
 class LocalKeys:
     """Keys, values, bias jet and mask of keys that each query has for itself."""
 
-    k: Tensor  # (B, Q, H, M, D/H): query-major, as gathered, so matmuls read it in place
-    v: Tensor  # (B, Q, H, M, D/H)
+    k: Tensor  # (H, G, M, D/H): keys of each group's channel, see `ChannelGroups`
+    v: Tensor  # (H, G, M, D/H)
+    groups: ChannelGroups
     bias: Tensor | None  # (K+1, B, H, Q, M)
     mask: Tensor  # (B, 1, Q, M) True = attend
 
@@ -256,7 +334,7 @@ class MLP(nn.Module):
         self.dropout = config.dropout
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.dropout(self.proj(F.gelu(self.fc(x))), self.dropout, self.training)
+        return drop.dropout(self.proj(F.gelu(self.fc(x))), self.dropout, self.training)
 
     def forward_jet(self, x: Tensor) -> Tensor:
         """The same map on a jet (K+1, ..., D)."""
@@ -396,25 +474,35 @@ class CSTConfig:
 class TokenCache:
     """The observed tokens of a window grouped by channel, for each query's own channel.
 
-    Arranged once per window (at encode), so that a decode reads a query's keys with one
-    contiguous ``index_select`` by its identity.
+    Arranged once per window (at encode), so that a decode reads each channel's keys in
+    place (`ChannelGroups`).
     """
 
-    kv: list[tuple[Tensor, Tensor]]  # per decoder layer, keys and values (B, n_ids, H, M, D/H)
+    kv: list[tuple[Tensor, Tensor]]  # per decoder layer, keys and values (H, B·n_ids, M, D/H)
     coords: Tensor  # (B, n_ids, M, C)
     valid: Tensor  # (B, n_ids, M) which entries are real tokens
 
     @classmethod
     def by_channel(
-        cls, kv: list[tuple[Tensor, Tensor]], coords: Tensor, table: Tensor, valid: Tensor
+        cls,
+        tokens: Tensor,
+        coords: Tensor,
+        table: Tensor,
+        valid: Tensor,
+        projections: list[nn.Linear],
+        n_heads: int,
     ) -> TokenCache:
-        """Group token keys/values (B, H, N, D/H) and coords (B, N, C) by a channel table."""
-        batch = torch.arange(table.shape[0], device=table.device)[:, None, None]
-
-        def group(t: Tensor) -> Tensor:  # (B, H, N, hd) -> (B, n_ids, H, M, hd)
-            return t.transpose(1, 2)[batch, table].transpose(2, 3).contiguous()
-
-        return cls([(group(k), group(v)) for k, v in kv], coords[batch, table], valid)
+        """Group tokens (B, N, D) and coords (B, N, C) by a channel table (B, n_ids, M), then
+        project each decoder layer's keys and values: the tokens are gathered once, not the
+        keys and values of every layer."""
+        (B, N, D), (_, n_ids, M) = tokens.shape, table.shape
+        batch = torch.arange(B, device=table.device)[:, None, None]
+        grouped = tokens.reshape(B * N, D).index_select(0, (table + batch * N).reshape(-1))
+        kv = []
+        for proj in projections:  # (B·n_ids·M, 2D) -> keys, values (H, B·n_ids, M, D/H)
+            k, v = proj(grouped).view(B * n_ids, M, 2, n_heads, -1).permute(2, 3, 0, 1, 4)
+            kv.append((k.contiguous(), v.contiguous()))
+        return cls(kv, coords[batch, table], valid)
 
     def to(self, dtype: torch.dtype) -> TokenCache:
         kv = [(k.to(dtype), v.to(dtype)) for k, v in self.kv]
@@ -513,7 +601,6 @@ class CST(nn.Module):
         cst = config.mode == "cst"
         self.value_embed = nn.Linear(config.value_dim, D, bias=cst)  # bias-free in the release
         self.id_embed = nn.Embedding(config.n_ids, D) if config.n_ids else None
-        self.drop = nn.Dropout(config.dropout)
         if cst:
             self.coord_embed: nn.Module = FourierEncoding(
                 C, config.n_fourier, config.fourier_scale, D, config.fourier_seed
@@ -694,7 +781,7 @@ class CST(nn.Module):
         """Encode the observed tokens of a window (see `forward` for shapes) into a Context."""
         self._require(cst=True, method="encode")
         self._check_tokens(values, coords, ids, mask)
-        x = self.drop(self.embed_tokens(values, coords, ids))  # (B, N, D)
+        x = drop.dropout(self.embed_tokens(values, coords, ids), self.config.dropout, self.training)
         key_mask = _key_padding(mask)
         if self.latent_embed is None:
             for block in self.encoder:
@@ -723,10 +810,9 @@ class CST(nn.Module):
         cache = None
         if self.id_embed is not None:
             table, valid = channel_table(ids, mask, self.config.n_ids)  # type: ignore[arg-type]
-            kv = [block.local_kv(tokens).chunk(2, dim=-1) for block in self.decoder]
-            split = self.decoder[0].attn.split_heads
+            projections = [block.local_kv for block in self.decoder]
             cache = TokenCache.by_channel(
-                [(split(k), split(v)) for k, v in kv], coords, table, valid
+                tokens, coords, table, valid, projections, self.config.n_heads
             )
         return Context(
             memory,
@@ -797,6 +883,9 @@ class CST(nn.Module):
         if cache is not None:  # each query's own channel: M tokens per query
             own_mask = _by_query(cache.valid, ids)[:, None]  # type: ignore[arg-type]
             own_coords = _by_query(cache.coords, ids)  # type: ignore[arg-type]  # (B, Q, M, C)
+            groups = ChannelGroups.of(
+                ids, cache.valid.shape[0], self.config.n_ids, cache.valid.shape[-1]
+            )  # type: ignore[arg-type]
         dims = 1 if context.time_only else None
         for i, (block, (k, v)) in enumerate(zip(self.decoder, context.kv, strict=True)):
             bias = None
@@ -804,12 +893,9 @@ class CST(nn.Module):
                 bias = block.bias(coords, memory_coords, direction, order, ids, memory_ids, dims)
             local = None
             if cache is not None and block.local_bias is not None:
-                kt, vt = (_by_query(t, ids) for t in cache.kv[i])  # type: ignore[arg-type]
+                kt, vt = (groups.rows_of(t) for t in cache.kv[i])
                 local = LocalKeys(
-                    kt,
-                    vt,
-                    block.local_bias(coords, own_coords, direction, order),
-                    own_mask,
+                    kt, vt, groups, block.local_bias(coords, own_coords, direction, order), own_mask
                 )
             x = block(x, k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1), mask, bias, local)
         x = taylor.layer_norm(x, self.ln_out.weight, self.ln_out.bias, self.ln_out.eps)
@@ -826,7 +912,8 @@ class CST(nn.Module):
         """
         self._require(cst=False, method="forward_tokens")
         self._check_tokens(values, coords, ids, mask)
-        x = self.drop(self.ln_embed(self.embed_tokens(values, coords, ids)))  # (B, N, D)
+        x = self.ln_embed(self.embed_tokens(values, coords, ids))
+        x = drop.dropout(x, self.config.dropout, self.training)  # (B, N, D)
         key_mask = _key_padding(mask)
         for block in self.encoder:
             x = block(x, mask=key_mask)

@@ -30,6 +30,8 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from cst_neuro.model import dropout as drop
+
 
 def _factorials(a: Tensor) -> Tensor:
     """q! for q = 0..K, shaped to broadcast against the jet `a`."""
@@ -49,7 +51,10 @@ def from_derivatives(derivatives: Tensor) -> Tensor:
 
 def add0(a: Tensor, c: Tensor | float) -> Tensor:
     """Add a constant (anything independent of the coordinate) to the order-0 coefficient only."""
-    return torch.cat([a[:1] + c, a[1:]])
+    if a.shape[0] == 1:
+        return a + c
+    value, above = a.split([1, a.shape[0] - 1])  # split, unlike slicing, back-propagates
+    return torch.cat([value + c, above])  # without zero-filling a full-size gradient each
 
 
 def mul(a: Tensor, b: Tensor) -> Tensor:
@@ -132,9 +137,11 @@ def softmax(a: Tensor) -> Tensor:
     which only needs coefficients already computed. Masked entries carry -inf at order 0
     and 0 above it; their weight s_0 = 0 then keeps every order at 0.
     """
-    order = a.shape[0] - 1
-    s = [torch.softmax(a[0], dim=-1)]
-    u = [(m + 1) * a[m + 1] for m in range(order)]
+    if a.shape[0] == 1:
+        return torch.softmax(a, dim=-1)
+    order, coefficients = a.shape[0] - 1, a.unbind(0)
+    s = [torch.softmax(coefficients[0], dim=-1)]
+    u = [(m + 1) * coefficients[m + 1] for m in range(order)]
     g: list[Tensor] = []
     for m in range(order):
         g.append(sum((s[r] * u[m - r]).sum(-1, keepdim=True) for r in range(m + 1)))
@@ -147,5 +154,5 @@ def dropout(a: Tensor, p: float, training: bool) -> Tensor:
     if not training or p == 0.0:
         return a
     if a.shape[0] == 1:
-        return F.dropout(a, p, training=True)
-    return a * F.dropout(torch.ones_like(a[0]), p, training=True)
+        return drop.dropout(a, p, training=True)
+    return a * drop.keep_mask(a.shape[1:], p, a)

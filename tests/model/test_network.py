@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cst_neuro.model import CST, CSTConfig, add_dummy_tokens, manual_attention
+from cst_neuro.model.network import ChannelGroups
 
 from ._helpers import LAYOUTS, make_tokens, tiny_config
 
@@ -259,3 +262,33 @@ def test_bad_inputs_raise_errors_that_name_the_fix() -> None:
 def test_config_validation(overrides: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         CSTConfig(**overrides)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    batch=st.integers(1, 3),
+    shared_cache=st.booleans(),
+    n_queries=st.integers(1, 12),
+    n_ids=st.integers(1, 5),
+    row_tokens=st.sampled_from([1, 24]),
+    seed=st.integers(0, 2**16),
+)
+def test_channel_groups_multiply_each_query_by_its_own_rows(
+    batch: int, shared_cache: bool, n_queries: int, n_ids: int, row_tokens: int, seed: int
+) -> None:
+    """Grouped own-channel products equal gathering each query's rows (any id pattern)."""
+    gen = torch.Generator().manual_seed(seed)
+    cache_batch = 1 if shared_cache else batch
+    ids = torch.randint(0, n_ids, (batch, n_queries), generator=gen)
+    if n_queries > 3:  # a long run on one channel, as a trace or padding gives
+        ids[0, : n_queries // 2] = 0
+    H, K1, n, m = 2, 3, 4, 5
+    x = torch.randn(K1, batch, H, n_queries, n, generator=gen, dtype=torch.float64)
+    table = torch.randn(H, cache_batch * n_ids, n, m, generator=gen, dtype=torch.float64)
+    groups = ChannelGroups.of(ids, cache_batch, n_ids, row_tokens)
+    out = groups.matmul(x, groups.rows_of(table))
+    row = ids + (torch.arange(batch)[:, None] * n_ids if cache_batch > 1 else 0)
+    for b in range(batch):
+        for q in range(n_queries):
+            expected = x[:, b, :, q, None, :] @ table[:, row[b, q]]  # (K1, H, 1, m)
+            torch.testing.assert_close(out[:, b, :, q], expected[:, :, 0])
