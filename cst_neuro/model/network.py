@@ -184,8 +184,7 @@ def _masked_jet(scores: Tensor, bias: Tensor | None, mask: Tensor | None) -> Ten
         return scores
     if scores.shape[0] == 1:
         return scores.masked_fill(~mask, float("-inf"))
-    value, above = scores.split([1, scores.shape[0] - 1])
-    return torch.cat([value.masked_fill(~mask, float("-inf")), above.masked_fill(~mask, 0.0)])
+    return torch.where(mask, scores, torch.where(taylor.orders(scores) == 0, -math.inf, 0.0))
 
 
 class CoordBias(nn.Module):

@@ -49,18 +49,23 @@ def from_derivatives(derivatives: Tensor) -> Tensor:
     return derivatives / _factorials(derivatives)
 
 
+def orders(a: Tensor) -> Tensor:
+    """0, 1, ..., K shaped (K+1, 1, ..., 1) to broadcast against the jet `a`."""
+    return torch.arange(a.shape[0], device=a.device).view(-1, *([1] * (a.dim() - 1)))
+
+
 def add0(a: Tensor, c: Tensor | float) -> Tensor:
     """Add a constant (anything independent of the coordinate) to the order-0 coefficient only."""
     if a.shape[0] == 1:
         return a + c
-    value, above = a.split([1, a.shape[0] - 1])  # split, unlike slicing, back-propagates
-    return torch.cat([value + c, above])  # without zero-filling a full-size gradient each
+    c = torch.as_tensor(c, dtype=a.dtype, device=a.device)
+    return a + torch.where(orders(a) == 0, c, 0.0)  # one pass over a, no concatenation
 
 
 def mul(a: Tensor, b: Tensor) -> Tensor:
     """Jet of the elementwise product a·b (Cauchy product; broadcasting like `*`)."""
-    order = a.shape[0] - 1
-    return torch.stack([sum(a[i] * b[q - i] for i in range(q + 1)) for q in range(order + 1)])
+    a_q, b_q = a.unbind(0), b.unbind(0)  # views whose gradients are stacked, not zero-filled
+    return torch.stack([sum(a_q[i] * b_q[q - i] for i in range(q + 1)) for q in range(len(a_q))])
 
 
 def linear(a: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -78,7 +83,7 @@ def compose(a: Tensor, derivatives: Sequence[Tensor]) -> Tensor:
     """
     order = a.shape[0] - 1
     out = [derivatives[0]] + [torch.zeros_like(derivatives[0])] * order
-    shifted = torch.cat([torch.zeros_like(a[:1]), a[1:]])  # a(s) - a_0
+    shifted = a * (orders(a) > 0)  # a(s) - a_0
     power = shifted
     for m in range(1, order + 1):
         c = derivatives[m] / math.factorial(m)
