@@ -4,7 +4,7 @@ All in one run, on the same data and threads:
 
 1. training step time of mode ``cst`` (Sobolev k=2) against the same network trained with
    plain MSE (k=0), and the ``paper`` mode (release loss) beside them, at fit's default
-   batch size;
+   batch size; the steps being compared run in alternation;
 2. throughput of the ~1 M-parameter default ``cst`` network in tokens/s and achieved
    FLOP/s (counted with torch's FlopCounterMode) against the machine's fp32
    matrix-multiply peak, measured here with large torch.mm calls before and after the
@@ -33,15 +33,26 @@ from cst_neuro.schema import new_recording
 from cst_neuro.train import FitConfig, TrainStep, sample_batch
 
 
+def timed_together(fns, repeats: int) -> list[float]:
+    """Median seconds of each ``fn()`` over ``repeats`` rounds after one warm-up.
+
+    Each round runs every function once, so that the machine's slow and fast moments
+    (it is shared) fall on all of them alike and their ratios hold.
+    """
+    for fn in fns:
+        fn()
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, spent in zip(fns, times, strict=True):
+            start = time.perf_counter()
+            fn()
+            spent.append(time.perf_counter() - start)
+    return [statistics.median(spent) for spent in times]
+
+
 def timed(fn, repeats: int) -> float:
     """Median seconds of ``fn()`` over ``repeats`` runs after one warm-up."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return timed_together([fn], repeats)[0]
 
 
 def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
@@ -71,8 +82,8 @@ def recording(n_rois: int, n_frames: int, seed: int = 0):
     )
 
 
-def step_cost(mode: str, sobolev_k: int, windows, config_kw, repeats: int) -> tuple[float, float]:
-    """(median seconds per training step, tokens per step) for one mode/loss."""
+def training_step(mode: str, sobolev_k: int, windows, config_kw, repeats: int):
+    """(a function running one training step, tokens per step) for one mode/loss."""
     config = FitConfig(mode=mode, sobolev_k=sobolev_k, **config_kw)
     torch.manual_seed(0)
     model = CST(
@@ -95,7 +106,7 @@ def step_cost(mode: str, sobolev_k: int, windows, config_kw, repeats: int) -> tu
         opt.step()
 
     tokens = int(batches[0][0].mask.sum() + batches[0][1].mask.sum())
-    return timed(run, repeats), tokens
+    return run, tokens
 
 
 def model_flops(windows, config_kw) -> tuple[float, int]:
@@ -144,11 +155,13 @@ def main() -> None:
     windows = ChannelWindows(recording(args.rois, 2000), window=32)
     config_kw = dict(window=32, batch_size=args.batch, max_tokens=16384, n_collocation=256)
     peak_before = matmul_peak()
-    mse, tokens = step_cost("cst", 0, windows, config_kw, args.repeats)
-    sob, _ = step_cost("cst", 2, windows, config_kw, args.repeats)
+    run_mse, tokens = training_step("cst", 0, windows, config_kw, args.repeats)
+    run_sobolev, _ = training_step("cst", 2, windows, config_kw, args.repeats)
+    mse, sob = timed_together([run_mse, run_sobolev], args.repeats)
     small = dict(config_kw, max_tokens=2048, batch_size=1)  # paper: O(N²) joint attention
-    paper_mse, paper_tokens = step_cost("cst", 0, windows, small, args.repeats)
-    paper, _ = step_cost("paper", 3, windows, small, args.repeats)
+    run_small, paper_tokens = training_step("cst", 0, windows, small, args.repeats)
+    run_paper, _ = training_step("paper", 3, windows, small, args.repeats)
+    paper_mse, paper = timed_together([run_small, run_paper], args.repeats)
     flops, flop_tokens = model_flops(windows, dict(config_kw, sobolev_k=2))
     peak = max(peak_before, matmul_peak())
     params = CST(CSTConfig(value_dim=1)).num_params()
