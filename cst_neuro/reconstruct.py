@@ -1,9 +1,14 @@
 """Querying a trained model: predictions at any real-valued times, and whole reconstructions.
 
-``Reconstructor`` binds a model to a Recording. A query time τ (seconds) is answered
-from the window of frames centred on it; in mode ``cst`` the window's encoded context is
-cached (least recently used), so each new sub-frame time costs one decoder pass. Times
-outside the recording use the first or last window (extrapolation: forecasting).
+``Reconstructor`` binds a model to a Recording. Windows of frames overlap by half; a
+query time τ (seconds) is answered by the windows that hold it, blended with weights
+sin²(π u), u the position of τ in the window: they sum to one, vanish with their
+derivative at a window's ends, and so join the windows' continuous predictions into one
+continuous curve (a single window per frame interval would jump at every frame, where
+the window changes, by about as much as the signal moves in a frame). In mode ``cst``
+each window's encoded context is cached (least recently used), so each new sub-frame
+time costs one decoder pass per window (two). Times outside the recording use the first
+or last window (extrapolation: forecasting).
 ``reconstruct`` evaluates a model over a recording at K× the frame rate (or given times)
 as a lazy xarray Dataset that ``cst_neuro.store.write_recording`` streams to zarr in
 blocks of time, so long recordings never sit in memory.
@@ -75,14 +80,30 @@ class Reconstructor:
         model, meta = load_model(path)
         return cls(model, meta, ds, **kwargs)
 
-    def window_start(self, frame: float) -> int:
-        """Start of the window centred on the frame pair around a fractional position.
+    def window_weights(self, frames: np.ndarray) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        """(window start, rows, blend weights) for fractional frame positions.
 
-        Every time between frames i and i+1 maps to the same window (centred on i + 0.5),
-        so scrubbing between two frames reuses one encoded context.
+        Windows start every half window (and the last one at the end of the recording).
+        Each position gets weight sin²(π u) from each window holding it, u ∈ [0, 1] its
+        place in the window; the first window weighs 1 on its first half and the last on
+        its second, so the ends of the recording, and times beyond them, are covered.
+        Scrubbing within half a window reuses the same two encoded contexts.
         """
         w, n = self.windows.window, self.windows.n_frames
-        return int(np.clip(np.floor(frame) - w // 2 + 1, 0, n - w))
+        starts = np.union1d(np.arange(0, n - w + 1, max(1, w // 2)), [n - w])
+        last = starts.size - 1
+        newest = np.clip(np.searchsorted(starts, frames, side="right") - 1, 0, last)
+        candidates = np.clip(newest[:, None] - np.arange(3), 0, last)  # (T, 3): covers a window
+        u = (frames[:, None] - starts[candidates]) / max(w - 1, 1)
+        weight = np.where((u > 0) & (u < 1), np.sin(np.pi * u) ** 2, 0.0)  # 0 at the ends
+        weight[(candidates == 0) & (u < 0.5)] = 1.0
+        weight[(candidates == last) & (u > 0.5)] = 1.0
+        weight[:, 1:][candidates[:, 1:] == candidates[:, :-1]] = 0.0  # clipped repeats
+        blend = []
+        for k in np.unique(candidates[weight > 0]):
+            rows, slot = np.nonzero((candidates == k) & (weight > 0))
+            blend.append((int(starts[k]), rows, weight[rows, slot]))
+        return blend
 
     def context(self, start: int, group: int) -> Any:
         """The encoded context (mode cst) or context tokens of a window's channel group."""
@@ -115,16 +136,16 @@ class Reconstructor:
         w = self.windows
         chans = np.arange(w.n_channels) if channels is None else np.asarray(channels)
         frames = (times - w.t0) * w.fs  # fractional frame positions
-        out = np.empty((times.size, chans.size, w.value_dim), np.float32)
-        starts = np.array([self.window_start(f) for f in frames])
-        for start in np.unique(starts):
-            rows = np.flatnonzero(starts == start)
+        out = np.zeros((times.size, chans.size, w.value_dim), np.float32)
+        total = np.zeros(times.size, np.float32)
+        for start, rows, weight in self.window_weights(frames):
             for g, group in enumerate(self.groups):
                 cols = np.flatnonzero(np.isin(chans, group))
                 if cols.size:
-                    out[np.ix_(rows, cols)] = self._predict_window(
-                        int(start), g, frames[rows], chans[cols]
-                    )
+                    pred = self._predict_window(start, g, frames[rows], chans[cols])
+                    out[np.ix_(rows, cols)] += weight[:, None, None] * pred
+            total[rows] += weight
+        out /= total[:, None, None]
         return out * w.normalizer.std[chans] + w.normalizer.mean[chans]
 
     def _predict_window(

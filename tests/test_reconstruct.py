@@ -46,9 +46,26 @@ def test_sub_frame_times_reuse_the_encoded_window(trained, monkeypatch) -> None:
     calls = []
     encode = rec.model.encode
     monkeypatch.setattr(rec.model, "encode", lambda *a: calls.append(1) or encode(*a))
-    for k in range(8):  # eight positions between two frames: one encoding
+    for k in range(8):  # eight positions between two frames: the two windows holding them
         rec.predict(np.array([3.0 + k / 160]))
-    assert len(calls) == 1
+    assert len(calls) == 2
+
+
+def test_reconstruction_is_continuous_across_frames_and_windows(trained) -> None:
+    """Blended windows: no jump where the frame, or the windows holding a time, change."""
+    folder, _, ds = trained
+    rec = Reconstructor.from_checkpoint(folder / "m.pt", ds)
+    frames = np.arange(ds.sizes["time"] - 1, dtype=np.float64)
+    t = lambda f: ds["time"].values[0] + f / ds.attrs["fs"]  # noqa: E731
+    jumps = np.abs(rec.predict(t(frames + 1e-4)) - rec.predict(t(frames - 1e-4)))
+    steps = np.abs(np.diff(rec.predict(t(frames + 0.5)), axis=0))
+    assert jumps.max() < 0.02 * np.median(steps)
+    weights = rec.window_weights(np.linspace(-3.0, ds.sizes["time"] + 3.0, 997))
+    total = np.zeros(997)
+    for _, rows, weight in weights:
+        total[rows] += weight
+        assert np.all(weight > 0)
+    assert np.all(total > 0.5)
 
 
 def test_upsampled_reconstruction(trained, tmp_path: Path) -> None:
