@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections import OrderedDict
 from typing import Any
 
@@ -72,6 +73,7 @@ class Reconstructor:
         self._cache: OrderedDict[tuple[int, int], Any] = OrderedDict()
         self._cache_size = cache_size
         self._blocks: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()  # the caches are shared by dask's threads in reconstruct
 
     @classmethod
     def from_checkpoint(
@@ -129,7 +131,15 @@ class Reconstructor:
 
     @torch.no_grad()
     def predict(self, times: np.ndarray, channels: np.ndarray | None = None) -> np.ndarray:
-        """Predictions (T, C, V) in the recording's units at absolute times (seconds)."""
+        """Predictions (T, C, V) in the recording's units at absolute times (seconds).
+
+        Thread-safe: calls from several threads take turns (torch already runs each on
+        every core), so the window caches stay consistent.
+        """
+        with self._lock:
+            return self._predict(times, channels)
+
+    def _predict(self, times: np.ndarray, channels: np.ndarray | None) -> np.ndarray:
         times = np.atleast_1d(np.asarray(times, dtype=np.float64))
         if not np.all(np.isfinite(times)):
             raise InputError(None, "query times must be finite")

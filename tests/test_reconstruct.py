@@ -187,3 +187,17 @@ def test_grid_reconstruction_inverts_the_patch_view(tmp_path: Path, rng) -> None
     out = reconstruct(rec, ds, upsample=2)
     assert out["grid"].dims == ("time", "y", "x") and out["grid"].shape == (119, 8, 12)
     np.testing.assert_array_equal(out["y"].values, np.arange(8.0))
+
+
+def test_predictions_from_several_threads_match_one_thread(trained) -> None:
+    """reconstruct() computes its blocks on dask's threads, all through one Reconstructor."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    folder, _, ds = trained
+    times = [np.array([0.3 + 0.37 * i, 5.1 - 0.21 * i]) for i in range(12)]
+    alone = [Reconstructor.from_checkpoint(folder / "m.pt", ds).predict(t) for t in times]
+    shared = Reconstructor.from_checkpoint(folder / "m.pt", ds, cache_size=2)
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(shared.predict, times))
+    for a, b in zip(alone, together, strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
