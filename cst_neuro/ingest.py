@@ -78,6 +78,6 @@ def ingest(
     **options: Any,
 ) -> Path:
     """Ingest ``source`` into the zarr store ``output``; options as in ``prepare_recording``."""
-    check_writable(output, overwrite=overwrite)
+    check_writable(output, overwrite=overwrite, inputs=[source])
     ds = prepare_recording(source, **options)
     return write_recording(ds, output, overwrite=overwrite, progress=progress)

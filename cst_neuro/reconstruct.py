@@ -26,7 +26,8 @@ import numpy as np
 import torch
 import xarray as xr
 
-from cst_neuro.data import ChannelWindows, pad_tokens
+from cst_neuro.checkpoint import model_contents
+from cst_neuro.data import MEMORY_BUDGET, ChannelWindows, pad_tokens
 from cst_neuro.errors import InputError
 from cst_neuro.model import CST
 from cst_neuro.schema import new_recording
@@ -48,8 +49,14 @@ class Reconstructor:
         *,
         device: str | torch.device = "cpu",
         cache_size: int = 16,
+        memory_budget: int = MEMORY_BUDGET,
     ) -> None:
         data, fit_config = meta["data"], meta["fit_config"]
+        if data["var"] not in ds:
+            raise InputError(
+                ds.attrs.get("source_name"),
+                f"model was trained on {data['var']!r}, which this recording does not have",
+            )
         self.model = model.to(device).eval()
         self.device = torch.device(device)
         self.windows = ChannelWindows(
@@ -59,6 +66,7 @@ class Reconstructor:
             patch=data["patch"],
             allowed=np.asarray(ds["valid"].values, bool),
             normalizer=meta["normalizer"],
+            memory_budget=memory_budget,
         )
         if self.windows.n_channels != data["n_channels"]:
             raise InputError(
@@ -80,7 +88,12 @@ class Reconstructor:
         cls, path: str | os.PathLike[str], ds: xr.Dataset, **kwargs: Any
     ) -> Reconstructor:
         model, meta = load_model(path)
-        return cls(model, meta, ds, **kwargs)
+        with model_contents(path):
+            try:
+                return cls(model, meta, ds, **kwargs)
+            except InputError as e:  # the model and this recording do not fit together
+                where = f" {e.path}" if e.path else ""
+                raise InputError(path, f"does not fit the recording{where}: {e.problem}") from None
 
     def window_weights(self, frames: np.ndarray) -> list[tuple[int, np.ndarray, np.ndarray]]:
         """(window start, rows, blend weights) for fractional frame positions.
@@ -214,6 +227,19 @@ def output_times(
     if np.any(np.diff(times) <= 0):
         raise InputError(None, "times must be strictly increasing")
     return times
+
+
+def read_times(path: str | os.PathLike[str]) -> np.ndarray:
+    """Query times (seconds) from a 1-D numeric ``.npy``, checked; InputError naming it."""
+    from cst_neuro.io.npy import open_npy
+
+    arr = open_npy(path)
+    if arr.ndim != 1:
+        raise InputError(path, f"expected a 1-D array of times in seconds, found {arr.shape}")
+    try:
+        return output_times(xr.Dataset(), times=np.asarray(arr[:], dtype=np.float64))
+    except InputError as e:
+        raise InputError(path, e.problem) from None
 
 
 def reconstruct(

@@ -3,15 +3,25 @@
 A store is written into a hidden sibling folder and renamed into place only after every
 chunk and a completion mark are on disk, so an interrupted write never leaves a store that
 opens as valid, and an existing output is replaced only with ``overwrite=True`` (and only
-if it is itself a zarr store). ``open_store`` checks the completion mark and the
-``schema_version`` before returning a lazy Dataset.
+if it is itself a zarr store). Every chunk carries a CRC32C checksum, and the completion
+mark records how many chunk files each variable has, so a damaged chunk or a partial copy
+of a store is an InputError naming the store, never silently wrong or missing values.
+Without ``overwrite``, a store that another process put in place meanwhile is never
+replaced: the later writer fails instead. Temporaries carry the host and process id, so
+the next write of the same output removes those of killed runs.
+``open_store`` checks the completion mark and the ``schema_version`` before returning a
+lazy Dataset.
 """
 
 from __future__ import annotations
 
+import errno
+import glob
 import os
 import shutil
+import socket
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +32,7 @@ from cst_neuro.errors import InputError, OutputError, SchemaError
 from cst_neuro.schema import validate_recording
 
 COMPLETE_ATTR = "cst_neuro_complete"
+CHUNKS_ATTR = "cst_neuro_chunk_files"  # {variable: chunk files written}, set with COMPLETE_ATTR
 TIME_CHUNK = 4096  # frames per chunk for (time, roi) variables: ~2 MB at 128 ROIs
 GRID_CHUNK_BYTES = 4 << 20  # target bytes per (time, y, x) chunk
 
@@ -55,14 +66,15 @@ def _divisor_chunk(dask_chunk: int, want: int) -> int:
 
 
 def _encoding(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
-    from zarr.codecs import BloscCodec
+    from zarr.codecs import BloscCodec, Crc32cCodec
 
     codec = BloscCodec(cname="zstd", clevel=1, shuffle="shuffle")  # fastest here on noisy float32
+    codecs = (codec, Crc32cCodec())  # a checksum per chunk: damage is an error, not garbage
     encoding: dict[str, dict[str, Any]] = {}
     for name, var in ds.variables.items():
         if var.ndim == 0:
             continue
-        encoding[str(name)] = {"chunks": _chunks_for(xr.DataArray(var)), "compressors": (codec,)}
+        encoding[str(name)] = {"chunks": _chunks_for(xr.DataArray(var)), "compressors": codecs}
     return encoding
 
 
@@ -76,20 +88,88 @@ def is_store(path: Path) -> bool:
     return path.is_dir() and any((path / f).exists() for f in ("zarr.json", ".zgroup"))
 
 
-def check_writable(path: str | os.PathLike[str], *, overwrite: bool) -> Path:
-    """Fail early (before any work) if ``path`` cannot be written as a new store."""
+def check_writable(
+    path: str | os.PathLike[str],
+    *,
+    overwrite: bool,
+    inputs: Iterable[str | os.PathLike[str]] = (),
+    store: bool = True,
+) -> Path:
+    """Fail early (before any work) if ``path`` cannot be written as a new store (or file).
+
+    ``inputs`` are the paths the command reads: an output that is one of them, lies inside
+    one, or contains one is refused, since writing it would destroy or corrupt the input.
+    """
     path = Path(path)
-    if path.exists():
-        if not overwrite:
-            raise OutputError(path, "already exists; pass --overwrite to replace it")
-        if not is_store(path):
+    exists = path.exists() or path.is_symlink()
+    if exists and not overwrite:
+        raise OutputError(path, "already exists; pass --overwrite to replace it")
+    check_not_an_input(path, inputs)
+    if exists:
+        if store and not is_store(path):
             raise OutputError(path, "exists and is not a zarr store; refusing to replace it")
+        if not store and not path.is_file():
+            raise OutputError(path, "exists and is not a file; refusing to replace it")
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise OutputError(path, f"output folder {parent} does not exist")
     if not os.access(parent, os.W_OK):
         raise OutputError(path, f"output folder {parent} is not writable")
     return path
+
+
+def check_not_an_input(path: Path, inputs: Iterable[str | os.PathLike[str]]) -> None:
+    """OutputError if ``path`` is, contains or lies inside one of ``inputs``."""
+    out = Path(os.path.realpath(path))
+    for given in inputs:
+        source = Path(os.path.realpath(given))
+        if out == source:
+            raise OutputError(path, f"is the input {given}; write to another path")
+        if source in out.parents:
+            raise OutputError(path, f"lies inside the input {given}; write elsewhere")
+        if out in source.parents:
+            raise OutputError(path, f"contains the input {given}; write elsewhere")
+
+
+def temporary_sibling(path: Path, kind: str) -> Path:
+    """A hidden sibling ``.NAME.KIND-HOST-PID-RANDOM`` (see ``remove_stale``)."""
+    tag = f"{_host()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    return path.parent / f".{path.name}.{kind}-{tag}"
+
+
+def remove_stale(path: Path) -> None:
+    """Delete temporaries of ``path`` left by processes of this host that no longer run.
+
+    A killed writer (kill -9, power cut) cannot clean up after itself; its temporaries
+    are hidden and never open as outputs, but they hold disk space until the next write.
+    Temporaries of live processes, or of other hosts sharing the folder, are left alone.
+    """
+    host = _host()
+    try:
+        siblings = list(path.parent.glob(f".{glob.escape(path.name)}.*-{host}-*-*"))
+    except OSError:
+        return
+    for tmp in siblings:
+        pid = tmp.name.rsplit("-", 2)[-2]
+        if pid.isdigit() and not _alive(int(pid)):
+            if tmp.is_dir() and not tmp.is_symlink():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
+
+
+def _host() -> str:
+    return "".join(c for c in socket.gethostname() if c.isalnum()) or "host"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def write_recording(
@@ -102,7 +182,8 @@ def write_recording(
     """Write a Recording to a zarr store atomically; dask-backed data is streamed in chunks."""
     path = check_writable(path, overwrite=overwrite)
     validate_recording(ds)
-    tmp = path.parent / f".{path.name}.partial-{uuid.uuid4().hex[:8]}"
+    remove_stale(path)
+    tmp = temporary_sibling(path, "partial")
     out = ds.copy()
     out.attrs = _plain_attrs(dict(ds.attrs))
     out.attrs.pop(COMPLETE_ATTR, None)
@@ -119,7 +200,10 @@ def write_recording(
         )
         _compute(delayed, progress=progress)
         _mark_complete(tmp)
-        _swap_into_place(tmp, path)
+        _swap_into_place(tmp, path, overwrite=overwrite)
+    except OutputError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise OutputError(path, f"write failed ({e.strerror or e})") from e
@@ -143,13 +227,76 @@ def _mark_complete(store: Path) -> None:
     import zarr
 
     group = zarr.open_group(store, mode="r+", zarr_format=3)
-    group.attrs[COMPLETE_ATTR] = True
+    counts = {name: _chunk_files(store / name) for name in group.array_keys()}
+    group.attrs.update({CHUNKS_ATTR: counts, COMPLETE_ATTR: True})
 
 
-def _swap_into_place(tmp: Path, path: Path) -> None:
+def _chunk_files(array: Path) -> int:
+    """Chunk files of one zarr v3 array (all-fill chunks are not written, so not counted)."""
+    return sum(len(files) for _, _, files in os.walk(array / "c"))
+
+
+def _missing_chunks(path: Path, counts: Any) -> str:
+    """What is missing ("" if nothing) against the chunk-file counts of the completion mark."""
+    if not isinstance(counts, dict):
+        return ""
+    for name, expected in counts.items():
+        found = _chunk_files(path / str(name))
+        if found < int(expected):
+            return f"{name} has {found} of its {expected} chunk files"
+    return ""
+
+
+class _StoreArray:
+    """One variable of a store, read lazily; a failed read names the store and variable."""
+
+    def __init__(self, var: xr.Variable, path: Path, name: str) -> None:
+        self.var, self.path, self.name = var, path, name
+        self.shape, self.dtype, self.ndim = var.shape, var.dtype, var.ndim
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        try:
+            return np.asarray(self.var[key].values)
+        except Exception as e:  # zarr, codecs and checksums raise many types
+            raise InputError(
+                self.path, f"cannot read {self.name!r}: a damaged chunk ({type(e).__name__}: {e})"
+            ) from e
+
+
+def _guarded(ds: xr.Dataset, path: Path) -> xr.Dataset:
+    """``ds`` with every non-index variable as dask over ``_StoreArray`` (zarr's chunks)."""
+    import dask.array as da
+
+    data_vars, coords = {}, {}
+    for name, var in ds.variables.items():
+        if name in ds.indexes or var.ndim == 0:
+            continue
+        chunks = var.encoding.get("preferred_chunks") or var.encoding.get("chunks") or var.shape
+        if isinstance(chunks, dict):
+            chunks = tuple(chunks.get(d, n) for d, n in zip(var.dims, var.shape, strict=True))
+        meta = np.empty((0,) * var.ndim, var.dtype)
+        array = _StoreArray(var, path, str(name))
+        data = da.from_array(array, chunks=chunks, asarray=False, lock=False, meta=meta)
+        new = xr.Variable(var.dims, data, var.attrs, var.encoding)
+        (coords if name in ds.coords else data_vars)[name] = new
+    return ds.assign_coords(coords).assign(data_vars)
+
+
+def _swap_into_place(tmp: Path, path: Path, *, overwrite: bool) -> None:
+    """Rename the finished store into place; replace an existing one only if ``overwrite``."""
+    if not overwrite:
+        try:
+            os.rename(tmp, path)  # fails on an existing (non-empty) store: never replaced
+        except OSError as e:
+            if e.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
+                raise OutputError(
+                    path, "was created by another process while this one was writing; left as is"
+                ) from e
+            raise
+        return
     old = None
     if path.exists():
-        old = path.parent / f".{path.name}.replaced-{uuid.uuid4().hex[:8]}"
+        old = temporary_sibling(path, "replaced")
         os.rename(path, old)
     try:
         os.rename(tmp, path)
@@ -171,16 +318,21 @@ def open_store(path: str | os.PathLike[str]) -> xr.Dataset:
     try:
         ds = xr.open_zarr(
             path,
+            chunks=None,
             consolidated=False,
             zarr_format=None,
             decode_times=False,
             decode_timedelta=False,
             mask_and_scale=True,
         )
+        ds = _guarded(ds, path)
     except Exception as e:  # zarr/xarray raise many types for corrupt metadata
         raise InputError(path, f"cannot open zarr store ({type(e).__name__}: {e})") from e
     if not ds.attrs.pop(COMPLETE_ATTR, False):
         raise SchemaError(path, "store is incomplete (an interrupted write?); write it again")
+    missing = _missing_chunks(path, ds.attrs.pop(CHUNKS_ATTR, None))
+    if missing:
+        raise SchemaError(path, f"store is damaged or partly copied: {missing}")
     ds.attrs.setdefault("source_name", path.name)
     try:
         validate_recording(ds)

@@ -26,6 +26,7 @@ import math
 import os
 import time
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,8 +36,14 @@ import torch
 import xarray as xr
 from torch import nn
 
-from cst_neuro.checkpoint import data_fingerprint, load_checkpoint, resolve_device, save_checkpoint
-from cst_neuro.data import ChannelWindows, Normalizer, TimeSplit, Tokens, pad_tokens
+from cst_neuro.checkpoint import (
+    data_fingerprint,
+    load_checkpoint,
+    model_contents,
+    resolve_device,
+    save_checkpoint,
+)
+from cst_neuro.data import MEMORY_BUDGET, ChannelWindows, Normalizer, TimeSplit, Tokens, pad_tokens
 from cst_neuro.errors import InputError
 from cst_neuro.model import (
     CST,
@@ -76,6 +83,7 @@ class FitConfig:
     sobolev_p: float = 2.0
     sobolev_weight: float = 1e-2
     n_collocation: int = 256
+    memory_budget: int = MEMORY_BUDGET  # bytes of the modelled variable held in RAM; more streams
     model: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -96,6 +104,8 @@ class FitConfig:
         unknown = sorted(set(raw) - names)
         if unknown:
             raise InputError(source, f"unknown setting(s) {', '.join(unknown)}")
+        if not isinstance(raw.get("model", {}), dict):
+            raise InputError(source, "[model] must be a table of CSTConfig settings")
         model_names = {f.name for f in dataclasses.fields(CSTConfig)}
         bad_model = sorted(set(raw.get("model", {})) - model_names)
         if bad_model:
@@ -103,7 +113,50 @@ class FitConfig:
         config = cls(**raw)
         if config.mode not in ("cst", "transformer", "paper"):
             raise InputError(source, f"mode must be cst, transformer or paper, got {config.mode!r}")
+        _check_settings(config, source)
         return config
+
+
+# setting: (kind, lowest, highest allowed), both inclusive; None = unbounded
+_LIMITS: dict[str, tuple[type, float | None, float | None]] = {
+    "window": (int, 2, None),
+    "patch": (int, 1, None),
+    "max_tokens": (int, 1, None),
+    "batch_size": (int, 1, None),
+    "max_epochs": (int, 0, None),
+    "steps_per_epoch": (int, 1, None),
+    "patience": (int, 1, None),
+    "val_block": (int, 1, None),
+    "seed": (int, 0, None),
+    "sobolev_k": (int, 0, None),
+    "n_collocation": (int, 1, None),
+    "memory_budget": (int, 0, None),
+    "query_fraction": (float, 1e-6, 1.0),
+    "lr": (float, 1e-12, None),
+    "weight_decay": (float, 0.0, None),
+    "max_minutes": (float, 0.0, None),
+    "val_fraction": (float, 0.0, 0.9),
+    "sobolev_p": (float, 1.0, None),
+    "sobolev_weight": (float, 0.0, None),
+}
+
+
+def _check_settings(config: FitConfig, source: Any) -> None:
+    """InputError naming ``source`` for a setting of the wrong type or out of range."""
+    for name, (kind, low, high) in _LIMITS.items():
+        value = getattr(config, name)
+        ok_type = isinstance(value, int) if kind is int else isinstance(value, int | float)
+        if isinstance(value, bool) or not ok_type or not math.isfinite(value):
+            raise InputError(source, f"setting {name} = {value!r} is not a {kind.__name__}")
+        if (low is not None and value < low) or (high is not None and value > high):
+            bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
+            raise InputError(source, f"setting {name} = {value!r} must be {bounds}")
+    if config.var is not None and not isinstance(config.var, str):
+        raise InputError(source, f"setting var = {config.var!r} is not a variable name")
+    try:
+        CSTConfig(**config.model)
+    except (TypeError, ValueError) as e:
+        raise InputError(source, f"[model]: {e}") from e
 
 
 @dataclass
@@ -112,7 +165,7 @@ class FitResult:
     epochs: int
     best_val: float
     history: list[dict[str, float]]
-    stopped: str  # "early-stopping", "max-epochs" or "max-minutes"
+    stopped: str  # "early-stopping", "max-epochs", "max-minutes" or "cancelled"
 
 
 def auto_model_config(windows: ChannelWindows, config: FitConfig) -> CSTConfig:
@@ -324,8 +377,16 @@ def fit(
     device: str = "auto",
     resume: bool = False,
     progress: bool = False,
+    callback: Callable[[int, dict[str, float]], bool | None] | None = None,
+    overwrite: bool = True,
 ) -> FitResult:
-    """Train a model on ``ds`` and write the best one to ``output`` (a .pt checkpoint)."""
+    """Train a model on ``ds`` and write the best one to ``output`` (a .pt checkpoint).
+
+    ``callback(epoch, history_row)`` runs on rank 0 after each epoch (e.g. a GUI's live
+    loss); returning True stops training (``stopped="cancelled"``), still writing the best
+    model so far. With ``overwrite=False`` an ``output`` that appears meanwhile (another
+    process) is left as is and the run ends in an OutputError.
+    """
     config = config or FitConfig()
     output = Path(output)
     rank, world = _distributed()
@@ -343,7 +404,12 @@ def fit(
     )
     allowed = split.train & np.asarray(ds["valid"].values, bool)
     windows = ChannelWindows(
-        ds, var=config.var, window=config.window, patch=config.patch, allowed=allowed
+        ds,
+        var=config.var,
+        window=config.window,
+        patch=config.patch,
+        allowed=allowed,
+        memory_budget=config.memory_budget,
     )
     fingerprint = data_fingerprint(windows.values)
     model_config = auto_model_config(windows, config)
@@ -395,14 +461,20 @@ def fit(
         )
         out_of_time = _agree(time.monotonic() > deadline, world)
         state["rng"] = _gather_rng(_rng_state(rng, gen), world)
+        cancel = False
         if rank == 0:
             _save_progress(output, model, optimizer, model_config, config, state, fingerprint)
+            if callback is not None:
+                cancel = bool(callback(state["epoch"], state["history"][-1]))
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(
                     loss=f"{state['history'][-1]['train']:.4f}",
                     val=f"{state['history'][-1]['val']:.4f}",
                 )
+        if _agree(cancel, world):
+            stopped = "cancelled"
+            break
         if stop:
             stopped = "early-stopping"
             break
@@ -415,7 +487,7 @@ def fit(
         state["best"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     result = FitResult(output, state["epoch"], state["best_val"], state["history"], stopped)
     if rank == 0:
-        _save_final(output, model_config, config, state, windows, split, fingerprint, ds)
+        _save_final(output, model_config, config, state, windows, split, fingerprint, ds, overwrite)
         partial_path(output).unlink(missing_ok=True)
     return result
 
@@ -501,12 +573,13 @@ def _resume(
     if not path.exists():
         raise InputError(output, "nothing to resume: no unfinished training for this output")
     saved = load_checkpoint(path)
-    if saved["data_fingerprint"] != fingerprint:
-        raise InputError(path, "was trained on different data than this store; cannot resume")
-    model.load_state_dict(saved["state_dict"])
-    optimizer.load_state_dict(saved["optimizer"])
-    state = dict(saved["train_state"])
-    _set_rng_state(state["rng"][min(rank, len(state["rng"]) - 1)], rng, gen)
+    with model_contents(path):
+        if saved["data_fingerprint"] != fingerprint:
+            raise InputError(path, "was trained on different data than this store; cannot resume")
+        model.load_state_dict(saved["state_dict"])
+        optimizer.load_state_dict(saved["optimizer"])
+        state = dict(saved["train_state"])
+        _set_rng_state(state["rng"][min(rank, len(state["rng"]) - 1)], rng, gen)
     log.info("resuming %s at epoch %d", output, state["epoch"])
     return state
 
@@ -520,6 +593,7 @@ def _save_final(
     split: TimeSplit,
     fingerprint: str,
     ds: xr.Dataset,
+    overwrite: bool,
 ) -> None:
     save_checkpoint(
         {
@@ -543,6 +617,7 @@ def _save_final(
             "best_val": state["best_val"],
         },
         output,
+        replace=overwrite,
     )
 
 
@@ -559,11 +634,12 @@ def load_model(path: str | os.PathLike[str]) -> tuple[CST, dict[str, Any]]:
     state = load_checkpoint(path)
     if state.get("kind") != "model":
         raise InputError(path, "is an unfinished training checkpoint, not a model")
-    model_config = dict(state["model_config"])
-    if isinstance(model_config.get("fourier_scale"), list):
-        model_config["fourier_scale"] = tuple(model_config["fourier_scale"])
-    model = CST(CSTConfig(**model_config))
-    model.load_state_dict(state["state_dict"])
-    model.eval()
-    state["normalizer"] = Normalizer.from_dict(state["normalizer"])
+    with model_contents(path):
+        model_config = dict(state["model_config"])
+        if isinstance(model_config.get("fourier_scale"), list):
+            model_config["fourier_scale"] = tuple(model_config["fourier_scale"])
+        model = CST(CSTConfig(**model_config))
+        model.load_state_dict(state["state_dict"])
+        model.eval()
+        state["normalizer"] = Normalizer.from_dict(state["normalizer"])
     return model, state

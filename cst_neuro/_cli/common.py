@@ -19,8 +19,16 @@ EXIT_BAD_INPUT = 2
 
 def fail(message: str) -> typer.Exit:
     """Print one ``error:`` line to stderr and return the exit to raise (code 2)."""
+    _end_progress_bars()
     typer.echo(f"error: {' '.join(str(message).split())}", err=True)
     return typer.Exit(EXIT_BAD_INPUT)
+
+
+def _end_progress_bars() -> None:
+    """Close live tqdm bars so that the error starts a line of its own."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", None) or []):
+        bar.close()
 
 
 def handle_errors(func: F) -> F:

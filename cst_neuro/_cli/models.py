@@ -39,13 +39,11 @@ def fit(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing model file.")] = False,
 ) -> None:
     """Train a continuous model of a recording (validation on held-out frame blocks)."""
-    from cst_neuro.errors import OutputError
-    from cst_neuro.store import open_store
+    from cst_neuro.store import check_writable, open_store
     from cst_neuro.train import FitConfig
     from cst_neuro.train import fit as run_fit
 
-    if output.exists() and not overwrite:
-        raise OutputError(output, "already exists; pass --overwrite to replace it")
+    check_writable(output, overwrite=overwrite, inputs=[store], store=False)
     overrides = {
         k: v
         for k, v in dict(
@@ -63,6 +61,7 @@ def fit(
         device=device.value,
         resume=resume,
         progress=True,
+        overwrite=overwrite,
     )
     typer.echo(
         f"wrote {result.path} ({result.epochs} epochs, stopped by {result.stopped}, "
@@ -84,16 +83,15 @@ def reconstruct(
 ) -> None:
     """Evaluate a model at K× the frame rate (or given times) and write a zarr store."""
     from cst_neuro.checkpoint import resolve_device
-    from cst_neuro.io.npy import open_npy
-    from cst_neuro.reconstruct import Reconstructor
+    from cst_neuro.reconstruct import Reconstructor, read_times
     from cst_neuro.reconstruct import reconstruct as run_reconstruct
     from cst_neuro.store import check_writable, open_store, write_recording
 
     if (upsample is None) == (times is None):
         raise fail("give exactly one of --upsample K or --times FILE.npy")
-    check_writable(output, overwrite=overwrite)
+    check_writable(output, overwrite=overwrite, inputs=[p for p in (model, store, times) if p])
     ds = open_store(store)
-    query = None if times is None else open_npy(times)[:]
+    query = None if times is None else read_times(times)
     rec = Reconstructor.from_checkpoint(model, ds, device=resolve_device(device.value))
     out = run_reconstruct(rec, ds, upsample=upsample, times=query)
     write_recording(out, output, overwrite=overwrite, progress=True)

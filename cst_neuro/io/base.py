@@ -70,11 +70,24 @@ def load_readers(only: str | None = None) -> dict[str, Reader]:
     return READERS
 
 
+def check_openable(path: Path) -> None:
+    """InputError unless ``path`` is a regular file or a folder.
+
+    A named pipe or a device (``/dev/zero``) behind a recording's name would block or
+    never end on the first read, and a broken or looping link cannot be read at all.
+    """
+    if path.is_symlink() and not path.exists():
+        raise InputError(path, "is a broken or looping symbolic link")
+    if not path.exists():
+        raise InputError(path, "no such file or folder")
+    if not (path.is_file() or path.is_dir()):
+        raise InputError(path, "is not a regular file or folder (a pipe or a device?)")
+
+
 def guess_format(path: str | os.PathLike[str]) -> str:
     """Name of the first reader that recognises ``path``; InputError listing those tried."""
     path = Path(path)
-    if not path.exists():
-        raise InputError(path, "no such file or folder")
+    check_openable(path)
     readers = load_readers()
     for name, reader in readers.items():
         try:
@@ -97,6 +110,7 @@ def open_recording(
     take is an error rather than silently dropped.
     """
     path = Path(path)
+    check_openable(path)
     if format != "auto" and format not in READER_MODULES:
         raise InputError(
             path, f"unknown format {format!r}; choose from {', '.join(READER_MODULES)}"
@@ -105,11 +119,12 @@ def open_recording(
     name = guess_format(path) if format == "auto" else format
     if name not in readers:
         raise InputError(path, f"unknown format {name!r}; choose from {', '.join(readers)}")
-    if not path.exists():
-        raise InputError(path, "no such file or folder")
     reader = readers[name]
     given = {k: v for k, v in options.items() if v is not None}
     unknown = sorted(set(given) - reader.option_names())
     if unknown:
         raise InputError(path, f"option(s) {', '.join(unknown)} do not apply to the {name} reader")
-    return reader.open(path, **given)
+    try:
+        return reader.open(path, **given)
+    except MemoryError as e:  # a header that asks for more than the machine has
+        raise InputError(path, "opening it needs more memory than is available") from e

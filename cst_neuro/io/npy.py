@@ -124,6 +124,8 @@ class NumericFile:
 def open_npy(path: str | os.PathLike[str]) -> NumericFile | np.ndarray:
     """Open a numeric ``.npy`` lazily (C order) or load it (Fortran order, small files)."""
     path = Path(path)
+    if path.exists() and not (path.is_file() or path.is_dir()):  # a pipe would block
+        raise InputError(path, "is not a regular file (a pipe or a device?)")
     try:
         with open(path, "rb") as fh:
             version = np.lib.format.read_magic(fh)

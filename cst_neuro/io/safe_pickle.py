@@ -48,7 +48,6 @@ _PLAIN_GLOBALS: dict[tuple[str, str], Any] = {
     ("builtins", "set"): set,
     ("builtins", "frozenset"): frozenset,
     ("builtins", "complex"): complex,
-    ("builtins", "bytearray"): bytearray,
     ("collections", "OrderedDict"): collections.OrderedDict,
     ("datetime", "datetime"): datetime.datetime,
     ("datetime", "date"): datetime.date,

@@ -50,6 +50,7 @@ logger = logging.getLogger(__name__)
 
 TRACE_NAMES = ("F", "Fneu", "spks")
 SUITE2P_NEUROPIL = 0.7  # Suite2p's default neuropil coefficient
+MAX_COUNT = 2**40  # larger frame/plane counts or image sides are damage, not data
 _PLANE_DIR = re.compile(r"plane(\d+)")
 _GENERIC_DIR = re.compile(r"plane\d+|combined|suite2p")
 _SUITE2P_FILES = ("F.npy", "stat.npy", "ops.npy", "iscell.npy", "Fneu.npy", "spks.npy")
@@ -134,7 +135,9 @@ def _read_meta(folder: Path) -> _Meta:
     Ly, path_y = _lookup(found, ("Ly",))
     Lx, path_x = _lookup(found, ("Lx",))
     shape = (
-        None if Ly is None or Lx is None else (_count(Ly, path_y, "Ly"), _count(Lx, path_x, "Lx"))
+        None
+        if Ly is None or Lx is None
+        else (_count(Ly, path_y, "Ly", least=1), _count(Lx, path_x, "Lx", least=1))
     )
     nplanes, path_n = _lookup(found, ("nplanes",))
     iplane, path_i = _lookup(found, ("iplane",))
@@ -173,12 +176,13 @@ def _mark_bad_frames(ds: xr.Dataset, metas: list[_Meta], n_frames: int) -> xr.Da
     return ds
 
 
-def _count(value: Any, path: Path | None, key: str) -> int:
-    """A non-negative integer setting, or InputError naming the file."""
+def _count(value: Any, path: Path | None, key: str, *, least: int = 0) -> int:
+    """A whole number in ``least``..MAX_COUNT, or InputError naming the file."""
     if isinstance(value, bool) or not isinstance(value, int | np.integer | float | np.floating):
         raise InputError(path, f"{key} is {value!r}, expected a whole number")
-    if not (np.isfinite(value) and value >= 0 and float(value).is_integer()):
-        raise InputError(path, f"{key} is {value!r}, expected a whole number >= 0")
+    number = float(value) if abs(value) < 2**63 else float("inf")
+    if not (np.isfinite(number) and least <= number <= MAX_COUNT and number.is_integer()):
+        raise InputError(path, f"{key} is {value!r}, expected a whole number in {least}..2^40")
     return int(value)
 
 

@@ -34,6 +34,7 @@ import xarray as xr
 
 from cst_neuro.errors import InputError
 from cst_neuro.io.base import Reader, register
+from cst_neuro.io.mat5 import check_mat5, is_mat5
 from cst_neuro.io.npy import as_dask, open_npy, read_error, rows_per_chunk
 from cst_neuro.schema import frame_times, new_recording
 
@@ -71,8 +72,15 @@ class H5Array:
             with h5py.File(self.path, "r") as f:
                 ds = f[name]
                 self.shape, self.dtype = tuple(ds.shape), np.dtype(ds.dtype)
-        except (OSError, KeyError) as e:
+                unwritten = _unwritten(ds)
+        except (OSError, KeyError, TypeError) as e:
             raise InputError(self.path, f"cannot read dataset {name!r} ({e})") from e
+        if unwritten:
+            raise InputError(
+                self.path,
+                f"dataset {name!r} of shape {self.shape}: {unwritten} (an interrupted write, "
+                "or a header claiming more data than the file holds)",
+            )
         self.ndim = len(self.shape)
 
     def __getitem__(self, key: Any) -> np.ndarray:
@@ -95,6 +103,26 @@ class H5Array:
 
     def __repr__(self) -> str:
         return f"H5Array({str(self.path)!r}, {self.name!r}, shape={self.shape})"
+
+
+def _unwritten(ds: Any) -> str:
+    """What part of an HDF5 dataset was never written ("" if it all was).
+
+    HDF5 allocates storage lazily: a dataset may declare any shape, and unwritten parts
+    read back as the fill value. For a recording that means a killed writer's zeros, or
+    a tiny file posing as terabytes; both are refused rather than read.
+    """
+    if ds.is_virtual or ds.external or ds.size == 0:
+        return ""
+    if ds.chunks is None:
+        nominal = int(ds.size) * ds.dtype.itemsize
+        stored = ds.id.get_storage_size()
+        return "" if stored >= nominal else f"only {stored} of its {nominal} bytes were written"
+    expected = 1
+    for size, chunk in zip(ds.shape, ds.chunks, strict=True):
+        expected *= -(-size // chunk)
+    written = ds.id.get_num_chunks()
+    return "" if written >= expected else f"only {written} of its {expected} chunks were written"
 
 
 def row_chunks(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
@@ -185,10 +213,19 @@ def _npz_loader(path: Path, member: str) -> Callable[[], np.ndarray]:
 
 
 def _scan_mat5(path: Path) -> dict[str, _Entry]:
+    """Arrays of a MAT v4/v5 file (loaded whole); v5 is checked first (see ``mat5``)."""
+    import io
+
     import scipy.io
 
     try:
-        contents = scipy.io.loadmat(path, squeeze_me=False)
+        data = path.read_bytes()
+    except OSError as e:
+        raise read_error(path, e) from e
+    if is_mat5(data):
+        check_mat5(data, path)  # scipy's C parser crashes on some damaged files
+    try:
+        contents = scipy.io.loadmat(io.BytesIO(data), squeeze_me=False)
     except Exception as e:  # scipy's parser raises a dozen unrelated types on damaged files
         raise InputError(path, f"not a readable MATLAB .mat file ({e})") from e
     entries = {}
