@@ -1,0 +1,585 @@
+"""Regenerate docs/results.md: every evaluation table and figure, from scratch.
+
+    python benchmarks/make_results.py            # about 50 minutes on 2 CPU cores
+
+Runs each evaluation as a job in a pool of ``--workers`` processes (one torch thread
+each), caches every finished report under ``--cache`` (so an interrupted run resumes with
+``--resume``), then writes ``docs/results.md`` and ``docs/figures/*.png``. Datasets come
+from ``../shared/data`` next to the repository. Nothing is tuned here: every method runs
+with its defaults, hyperparameters of the baselines are chosen on validation segments,
+and the test segments are only scored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+ALLEN = DATA / "traces" / "allen_vc2p_552195520_excerpt_30Hz.mat"
+ZEBRAFISH = [DATA / "traces" / f"zebrafish_pDp_ogb1_7.5Hz_0{i}.mat" for i in (1, 2)]
+GROUND_TRUTH = sorted((DATA / "ground_truth").glob("*.mat"))
+SPIRALS = DATA / "toy" / "ie_spirals_500x100x2.npy"
+CLASSIC = ["hold", "linear", "pchip", "cubic", "gp"]
+MODES = ["cst", "transformer", "paper"]
+
+# (minutes per job) budgets: the whole run stays under an hour with 2 workers
+BUDGET = {
+    "allen4": 18.0,  # 2 seeds × 3 modes
+    "allen_factor": 3.0,
+    "simulator": 7.5,
+    "ground_truth": 1.5,
+    "zebrafish": 2.5,
+    "spirals": 3.0,
+    "forecast": 3.0,
+}
+
+
+def jobs(scale: float) -> list[tuple[str, dict[str, Any]]]:
+    """Every evaluation to run: (key, arguments of ``run_job``)."""
+    out: list[tuple[str, dict[str, Any]]] = [
+        ("allen_x4", {"kind": "allen", "factor": 4, "seeds": 2, "minutes": BUDGET["allen4"]}),
+        ("simulator_x4", {"kind": "simulator", "minutes": BUDGET["simulator"]}),
+    ]
+    out.append(("allen_forecast", {"kind": "allen_forecast", "minutes": BUDGET["forecast"]}))
+    for factor in (2, 8):
+        out.append(
+            (
+                f"allen_x{factor}",
+                {"kind": "allen", "factor": factor, "seeds": 1, "minutes": BUDGET["allen_factor"]},
+            )
+        )
+    for path in GROUND_TRUTH:
+        for i in range(5):
+            out.append(
+                (
+                    f"gt_{path.stem}_{i + 1}",
+                    {
+                        "kind": "ground_truth",
+                        "path": str(path),
+                        "index": i,
+                        "minutes": BUDGET["ground_truth"],
+                    },
+                )
+            )
+    for path in ZEBRAFISH:
+        for task, kw in (
+            ("infill20", {"task": "infill", "fraction": 0.2}),
+            ("infill50", {"task": "infill", "fraction": 0.5}),
+            ("infill_blocks", {"task": "infill", "fraction": 0.2, "block": 8}),
+            ("spatial", {"task": "spatial"}),
+        ):
+            out.append(
+                (
+                    f"zf_{path.stem[-2:]}_{task}",
+                    {"kind": "zebrafish", "path": str(path), **kw, "minutes": BUDGET["zebrafish"]},
+                )
+            )
+    for mode, seeds in (("cst", (0, 1)), ("transformer", (0,)), ("paper", (0,))):
+        for seed in seeds:
+            out.append(
+                (
+                    f"spirals_{mode}_{seed}",
+                    {"kind": "spirals", "mode": mode, "seed": seed, "minutes": BUDGET["spirals"]},
+                )
+            )
+    for _, kw in out:
+        kw["minutes"] *= scale
+    return out
+
+
+def run_job(key: str, kw: dict[str, Any], cache: Path) -> dict[str, Any]:
+    """One evaluation; its result (JSON) and report folder go to ``cache``."""
+    import torch
+
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    kind = kw["kind"]
+    if kind == "spirals":
+        result = _spirals(kw)
+    else:
+        report = _report(kind, kw)
+        report.write(cache / key)
+        result = {"summary": report.summary(), "settings": report.settings}
+        if kind == "ground_truth":
+            result["reference"] = report.settings["reference"]
+    result["job_seconds"] = time.perf_counter() - start
+    (cache / f"{key}.json").write_text(json.dumps(result, indent=1, default=float))
+    return result
+
+
+def _report(kind: str, kw: dict[str, Any]) -> Any:
+    from cst_neuro.evaluate import evaluate_store
+    from cst_neuro.evaluate.recording import load_traces
+    from cst_neuro.evaluate.runner import evaluate_traces
+    from cst_neuro.evaluate.spikes import load_ground_truth, reference_errors, timing_hook
+    from cst_neuro.evaluate.tasks import Task, segments
+    from cst_neuro.io import open_recording
+
+    minutes = kw["minutes"]
+    if kind == "allen":
+        ds = open_recording(ALLEN, fs=30.0)
+        methods = None if kw["factor"] == 4 else [*CLASSIC, "lowrank", "cst"]
+        return evaluate_store(
+            ds,
+            task="upsample",
+            factor=kw["factor"],
+            methods=methods,
+            seeds=kw["seeds"],
+            max_minutes=minutes,
+        )
+    if kind == "allen_forecast":
+        ds = open_recording(ALLEN, fs=30.0)
+        methods = ["persistence", "ar", "var", "cst"]
+        return evaluate_store(ds, task="forecast", horizon=4, methods=methods, max_minutes=minutes)
+    if kind == "simulator":
+        return evaluate_store(_simulated(), task="upsample", factor=4, max_minutes=minutes)
+    if kind == "zebrafish":
+        ds = open_recording(Path(kw["path"]), fs=7.5)
+        task = {k: kw[k] for k in ("task", "fraction", "block") if k in kw}
+        base = ["mean", "ridge"] if kw["task"] == "spatial" else CLASSIC  # no ROI positions
+        extra = ["lowrank"] if kw["task"] != "spatial" else []
+        return evaluate_store(ds, methods=[*base, *extra, "cst"], max_minutes=minutes, **task)
+    gt = load_ground_truth(kw["path"])[kw["index"]]
+    traces = load_traces(gt.recording)
+    report = evaluate_traces(
+        traces,
+        Task("upsample", factor=4),
+        methods=[*CLASSIC, "cst"],
+        max_minutes=minutes,
+        on_seed=timing_hook(gt.spikes),
+    )
+    report.settings["reference"] = reference_errors(gt, segments(traces.shape[0], 0) == 2)
+    return report
+
+
+def _simulated() -> Any:
+    """100 ROIs × 3,000 frames at 30 Hz (the simulator's defaults), with the clean ΔF/F."""
+    from cst_neuro.preprocess import compute_dff
+    from cst_neuro.simulate import SimulationConfig, simulate
+
+    sim = simulate(SimulationConfig(n_rois=100, n_frames=3000, fs=30.0, seed=1))
+    ds = compute_dff(sim.recording()).load()
+    ds["clean_dff"] = (("time", "roi"), sim.clean_dff(ds["time"].values))
+    ds.attrs["source_name"] = "simulator (100 ROIs, 30 Hz, GCaMP6f)"
+    return ds
+
+
+def _spirals(kw: dict[str, Any]) -> dict[str, Any]:
+    from cst_neuro.evaluate.spirals import classic, held_out_mse, load_spirals, train_spirals
+
+    split = load_spirals(SPIRALS)
+    result = train_spirals(split, kw["mode"], seed=kw["seed"], minutes=kw["minutes"])
+    result["classic"] = {k: held_out_mse(v, split.test) for k, v in classic(split.test).items()}
+    result["classic_val"] = {k: held_out_mse(v, split.val) for k, v in classic(split.val).items()}
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply every time budget")
+    parser.add_argument("--cache", type=Path, default=Path("/tmp/cst-results"))
+    parser.add_argument("--resume", action="store_true", help="keep finished jobs in --cache")
+    parser.add_argument("--only", default="", help="comma-separated job key prefixes")
+    parser.add_argument("--docs", type=Path, default=ROOT / "docs")
+    args = parser.parse_args()
+    if not DATA.is_dir():
+        sys.exit(f"error: {DATA} is absent: the shared recordings are needed")
+    args.cache.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    todo = [
+        (k, kw)
+        for k, kw in jobs(args.scale)
+        if not (args.resume and (args.cache / f"{k}.json").exists())
+        and (not args.only or k.startswith(tuple(args.only.split(","))))
+    ]
+    with ProcessPoolExecutor(max_workers=args.workers) as pool:
+        futures = {pool.submit(run_job, k, kw, args.cache): k for k, kw in todo}
+        for future in as_completed(futures):
+            key = futures[future]
+            result = future.result()
+            print(f"{key}: done in {result['job_seconds']:.0f} s", flush=True)
+    write_page(args.cache, args.docs, time.perf_counter() - start, _machine(), args.scale)
+
+
+def _machine() -> str:
+    import torch
+
+    return (
+        f"{os.cpu_count()} CPU cores ({platform.machine()}), Python {platform.python_version()}, "
+        f"torch {torch.__version__}, {'CUDA' if torch.cuda.is_available() else 'no GPU'}"
+    )
+
+
+# ---- the page ----------------------------------------------------------------------------
+
+
+def _read(cache: Path, key: str) -> dict[str, Any] | None:
+    path = cache / f"{key}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _pooled(means: list[float], counts: list[float]) -> float:
+    """Mean over all onsets from per-recording means and counts."""
+    m, n = np.asarray(means, float), np.asarray(counts, float)
+    ok = np.isfinite(m) & (n > 0)
+    return float((m[ok] * n[ok]).sum() / n[ok].sum()) if ok.any() else float("nan")
+
+
+def _verdict(value: float, target: float) -> str:
+    if not np.isfinite(value):
+        return "not measured"
+    return "met" if value <= target else "**not met**"
+
+
+def write_page(cache: Path, docs: Path, seconds: float, machine: str, scale: float) -> None:
+    """docs/results.md and docs/figures/ from the cached results."""
+    from cst_neuro.evaluate import EvaluationReport
+    from cst_neuro.evaluate.report import NAMES, plot_example
+
+    figures = docs / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+
+    def report(key: str) -> EvaluationReport | None:
+        return EvaluationReport.read(cache / key) if (cache / key).exists() else None
+
+    done = [json.loads(p.read_text()) for p in cache.glob("*.json")]
+    n_jobs, job_seconds = len(done), sum(d["job_seconds"] for d in done)
+    head, targets, body = [], [], []
+    head += [
+        "# Results: CST against classic baselines on held-out samples",
+        "",
+        "Regenerate everything on this page (tables and figures) with:",
+        "",
+        "```bash",
+        "python benchmarks/make_results.py" + (f" --scale {scale:g}" if scale != 1 else ""),
+        "```",
+        "",
+        f"Measured {time.strftime('%Y-%m-%d')} on {machine}. The {n_jobs} jobs took "
+        f"{job_seconds / 60:.0f} min of wall time in all, run two at a time (about "
+        f"{job_seconds / 120:.0f} min end to end, plus {seconds / 60:.0f} min for this page). "
+        "The machine was shared with other jobs, so wall times are indicative and every "
+        "model trained within a fixed wall-clock budget.",
+        "",
+        "Protocol (all tables): time is cut into ten contiguous segments; two are test, one is "
+        "validation, the rest (always including the first and last) training, drawn per seed. "
+        "Models (`cst-neuro fit` defaults, nothing tuned on these data) train on the observed "
+        "samples of the training segments only: hidden samples and all samples of validation and "
+        "test segments are absent tokens, and normalisation comes from the training segments. At "
+        "test time every method reads the observed samples (the every-k-th frames, the frames not "
+        "in-filled, the ROIs not hidden) and is scored on the hidden samples of the test segments. "
+        "Baseline hyperparameters (GP length scale and noise, PCA rank, ridge strength, AR order) "
+        "are chosen on the validation segments. NMSE per ROI = MSE over its scored samples ÷ its "
+        "variance over the test segments, averaged over ROIs (1 = predicting the ROI's mean). "
+        "Mean ± sd over seeds where there are several.",
+        "",
+    ]
+
+    # Allen
+    allen = report("allen_x4")
+    if allen is not None:
+        s = allen.summary()
+        best = allen.best_baseline()
+        ratio = s.get("cst_vs_best_baseline", np.nan)
+        ahead = s.get("cst_nmse", np.inf) < min(
+            s.get("transformer_nmse", np.inf), s.get("paper_nmse", np.inf)
+        )
+        targets.append(
+            f"| Allen excerpt, ×4, cst / best of classic + low-rank ({NAMES[best]}) | "
+            f"{ratio:.3f} | "
+            f"≤ 0.95, ahead of transformer and paper | {_verdict(ratio, 0.95)}"
+            f"{'; ahead of transformer and paper' if ahead else '; behind another mode'} |"
+        )
+        plot_example(allen, figures / "allen_x4_traces.png")
+        body += [
+            "## Allen Brain Observatory excerpt: ×4 temporal upsampling",
+            "",
+            f"74 ROIs × 6,001 frames, 30 Hz ΔF/F; the models see every 4th frame (7.5 Hz). "
+            f"{len(allen.runs)} seeds; {allen.settings['minutes_per_fit']:.2f} min of training "
+            "per model fit. `f'' energy` is the mean squared second derivative of the dense "
+            "reconstruction (z-units, per observed interval²) and `slope jump` the mean jump of "
+            "the first derivative at observed samples, both over a test stretch of 8 ROIs.",
+            "",
+            allen.table(),
+            "",
+            "![Allen example](figures/allen_x4_traces.png)",
+            "",
+        ]
+    factor_reports = {k: report(f"allen_x{k}") for k in (2, 4, 8)}
+    if sum(r is not None for r in factor_reports.values()) >= 2:
+        _plot_factor(factor_reports, figures / "allen_error_vs_factor.png")
+        rows = ["| method | " + " | ".join(f"×{k}" for k in factor_reports) + " |"]
+        rows.append("|---" * (len(factor_reports) + 1) + "|")
+        for m in [*CLASSIC, "lowrank", "cst"]:
+            cells = []
+            for r in factor_reports.values():
+                mean = r.stat(m, "nmse")[0] if r is not None and m in r.methods else np.nan
+                cells.append(f"{mean:.3f}" if np.isfinite(mean) else "–")
+            rows.append(f"| {m} | " + " | ".join(cells) + " |")
+        body += [
+            "### Error against upsampling factor (Allen excerpt, seed 0 for ×2 and ×8)",
+            "",
+            *rows,
+            "",
+            "![error against factor](figures/allen_error_vs_factor.png)",
+            "",
+        ]
+
+    forecast = report("allen_forecast")
+    if forecast is not None:
+        body += [
+            "### Forecasting (Allen excerpt, 4 frames = 133 ms ahead)",
+            "",
+            "Up to 64 forecast origins in the test segments, each with the 32 frames before "
+            "it as context (the model: the recording cut at the origin, its last window); "
+            "AR order and VAR ridge strength chosen on origins in the validation segment. "
+            "One seed.",
+            "",
+            forecast.table(),
+            "",
+        ]
+
+    # Ground truth
+    gt_keys = sorted(p.stem for p in cache.glob("gt_*.json"))
+    if gt_keys:
+        rows, ratios, onset = [], [], {m: [] for m in ["linear", "cubic", "gp", "cst"]}
+        refs, counts, ref_counts = [], [], []
+        for key in gt_keys:
+            res = _read(cache, key)
+            r = report(key)
+            if res is None or r is None:
+                continue
+            s = r.summary()
+            classic = r.best_baseline(tuple(CLASSIC))
+            ratio = s["cst_nmse"] / s["best_classic_nmse"] if "cst_nmse" in s else np.nan
+            ratios.append(ratio)
+            for m in onset:
+                onset[m].append(r.stat(m, "onset_mae_ms")[0])
+            refs.append(res["reference"]["onset_mae_ms"])
+            ref_counts.append(res["reference"]["onsets"])
+            counts.append(r.stat("cst", "onsets")[0])
+            rows.append(
+                f"| {r.dataset} | {r.settings['fs']:.0f} | {s['linear_nmse']:.3f} | "
+                f"{s['cubic_nmse']:.3f} | {s['gp_nmse']:.3f} | {classic} | "
+                f"{s.get('cst_nmse', np.nan):.3f} | {ratio:.3f} | "
+                f"{onset['linear'][-1]:.1f} | {onset['cst'][-1]:.1f} | "
+                f"{res['reference']['onset_mae_ms']:.1f} | {r.stat('cst', 'onsets')[0]:.0f} |"
+            )
+        med = float(np.nanmedian(ratios))
+        targets.append(
+            f"| ground truth (single cells), ×4, median over {len(ratios)} recordings of "
+            f"cst / best classic | {med:.3f} | ≤ 0.9 | {_verdict(med, 0.9)} |"
+        )
+        pooled = {m: _pooled(v, counts) for m, v in onset.items()}
+        ref_pooled = _pooled(refs, ref_counts)
+        better = pooled["cst"] < pooled["linear"]
+        targets.append(
+            f"| spike onsets, ×4, mean onset error over all {int(np.nansum(counts))} test-segment "
+            f"burst onsets, cst vs linear (ms) | {pooled['cst']:.1f} vs {pooled['linear']:.1f} | "
+            f"cst closer than linear | {'met' if better else '**not met**'} |"
+        )
+        body += [
+            "## Ground-truth recordings: ×4 upsampling of single cells, and spike timing",
+            "",
+            "CASCADE DS09 (GCaMP6f, 60 Hz) and DS30 (jGCaMP8f, 110-122 Hz), 15 cells; the models "
+            "see every 4th frame. One seed each; "
+            f"{BUDGET['ground_truth'] * scale * 0.8:.1f} min of cst training per cell. Onset "
+            "error: mean |half-rise time of the transient − true spike time| (ms) over burst "
+            "onsets (spikes after ≥ 0.5 s of silence) in the test segments, located in each "
+            "method's reconstruction sampled at 4 points per full-rate frame; `full rate` is the "
+            "same detector on the undecimated recording (the floor). `n` = onsets scored.",
+            "",
+            "| recording | Hz | linear | cubic | GP | best classic | cst | cst / best classic | "
+            "onset linear (ms) | onset cst (ms) | onset full rate (ms) | n |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+            *rows,
+            f"| **median** (onsets: pooled mean) | | | | | | | **{med:.3f}** | "
+            f"{pooled['linear']:.1f} | {pooled['cst']:.1f} | {ref_pooled:.1f} | "
+            f"{int(np.nansum(counts))} |",
+            "",
+        ]
+
+    # Zebrafish
+    zf_keys = sorted(p.stem for p in cache.glob("zf_*.json"))
+    if zf_keys:
+        body += [
+            "## Zebrafish pDp (OGB-1, 7.5 Hz, 1,005 ROIs × 260 frames): in-filling and spatial",
+            "",
+            "Two recordings. In-filling hides 20% or 50% of frames at random, or 20% in blocks "
+            "of 8 frames; spatial hides 10% of the ROIs in the validation and test segments "
+            "(they are seen in training segments) and predicts them from the others. ROIs "
+            "that are never finite are left out. One seed each.",
+            "",
+        ]
+        for key in zf_keys:
+            r = report(key)
+            if r is None:
+                continue
+            s = r.summary()
+            ratio = s.get("cst_vs_best_baseline", np.nan)
+            targets.append(
+                f"| zebrafish {r.dataset[-6:-4]}, {r.label}, cst / best baseline | {ratio:.3f} | "
+                f"≤ 0.95 | {_verdict(ratio, 0.95)} |"
+            )
+            body += [f"### {r.dataset}: {r.label}", "", r.table(), ""]
+
+    # Simulator
+    sim = report("simulator_x4")
+    if sim is not None:
+        s = sim.summary()
+        ratio = s.get("cst_vs_best_baseline", np.nan)
+        targets.append(
+            f"| simulator, ×4, cst / best of classic + low-rank | {ratio:.3f} | ≤ 0.95 | "
+            f"{_verdict(ratio, 0.95)} |"
+        )
+        plot_example(sim, figures / "simulator_x4_traces.png")
+        body += [
+            "## Simulator: ×4 upsampling with a clean truth",
+            "",
+            "100 ROIs × 3,000 frames at 30 Hz (GCaMP6f, the simulator's default noise). "
+            "`NMSE vs clean` scores against the simulator's noiseless ΔF/F, mapped per ROI into "
+            "measured units by an affine fit on observed samples only.",
+            "",
+            sim.table(),
+            "",
+            "![simulator example](figures/simulator_x4_traces.png)",
+            "",
+        ]
+
+    # Spirals
+    spiral = {k: _read(cache, k) for k in (p.stem for p in cache.glob("spirals_*.json"))}
+    spiral = {k: v for k, v in spiral.items() if v is not None}
+    if spiral:
+        any_res = next(iter(spiral.values()))
+        rows = []
+        for mode in MODES:
+            vals = [v["test_mse"] for k, v in spiral.items() if k.startswith(f"spirals_{mode}_")]
+            if vals:
+                sd = f" ± {np.std(vals, ddof=1) * 1e3:.3f}" if len(vals) > 1 else ""
+                epochs = np.mean([v["epochs"] for k, v in spiral.items() if f"_{mode}_" in k])
+                rows.append(
+                    f"| `{mode}` | {np.mean(vals) * 1e3:.3f}{sd} | {len(vals)} | {epochs:.0f} |"
+                )
+        names = {
+            "linear": "linear",
+            "pchip": "PCHIP",
+            "cubic": "natural cubic spline",
+            "cubic_not_a_knot": "cubic spline (not-a-knot)",
+        }
+        for k, name in names.items():
+            rows.append(f"| {name} | {any_res['classic'][k] * 1e3:.3f} | – | – |")
+        cst = [v["test_mse"] for k, v in spiral.items() if k.startswith("spirals_cst_")]
+        cst_mean = float(np.mean(cst)) if cst else np.nan
+        targets.append(
+            f"| IE spirals, cst held-out MSE (×1e-3) | {cst_mean * 1e3:.3f} | ≤ 0.7 | "
+            f"{_verdict(cst_mean, 0.7e-3)} |"
+        )
+        body += [
+            "## Paper parity: integral-equation spirals",
+            "",
+            "500 curves × 100 points × 2 dims; every curve observed at 10 regular points (0, 11, "
+            "…, 99), the other 90 predicted. Fixed split (seed 0): 300 training, 50 validation, "
+            "150 test curves. Models read the 10 points of a curve; on training curves the other "
+            "90 are targets (the `paper` mode's released loss uses only its data term on the 10 "
+            "real points plus input-Jacobian penalties, as released). `paper` and `transformer` "
+            "use the released network (dim 32, 4 layers, 4 heads, feed-forward 3072, attention "
+            "dropout 0.8); `cst` a small decoder without latents. Early stopping on validation "
+            f"curves, {BUDGET['spirals'] * scale:.1f} min per run. MSE in raw units on the 150 "
+            "test curves (×1e-3); the noise variance, about 0.45, is the floor. On the 50 "
+            f"validation curves linear gives {any_res['classic_val']['linear'] * 1e3:.3f} and the "
+            f"natural spline {any_res['classic_val']['cubic'] * 1e3:.3f} (reference on the "
+            "release's 150 validation curves: 1.52 and 0.92).",
+            "",
+            "| method | test MSE (×1e-3) | seeds | epochs |",
+            "|---|---|---|---|",
+            *rows,
+            "",
+        ]
+
+    page = [
+        *head,
+        "## Targets",
+        "",
+        "| what | measured | target | verdict |",
+        "|---|---|---|---|",
+        *targets,
+        "",
+        *body,
+        NOTES,
+    ]
+    tmp = docs / ".results.md.tmp"
+    tmp.write_text("\n".join(page))
+    os.replace(tmp, docs / "results.md")
+
+
+def _plot_factor(reports: dict[int, Any], path: Path) -> None:
+    from cst_neuro.evaluate.report import NAMES, pyplot
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(4.5, 3), dpi=90)
+    for m in [*CLASSIC, "lowrank", "cst"]:
+        ks = [k for k, r in reports.items() if r is not None and m in r.methods]
+        if ks:
+            ax.plot(ks, [reports[k].stat(m, "nmse")[0] for k in ks], "o-", label=NAMES[m])
+    ax.set_xscale("log", base=2)
+    ax.set_xticks([2, 4, 8], ["×2", "×4", "×8"])
+    ax.set_xlabel("upsampling factor")
+    ax.set_ylabel("test NMSE")
+    ax.legend(fontsize=6, frameon=False)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+NOTES = """## Notes: what falls short, what was tried, and why
+
+Every target that is not met is marked **not met** in the table at the top; nothing on
+this page was tuned on test segments.
+
+- **Compute.** Each model fit gets a fixed wall-clock budget (the `seconds` and `epochs`
+  columns), run with one torch thread per job and two jobs at a time on a 2-core machine
+  that other jobs shared. The `cst` fits on recordings ran 3 to 20 epochs of 50 steps
+  within their budgets; longer training was not possible within the hour this page may
+  take, so these are the numbers of briefly trained models.
+  `transformer` and `paper` get the same budget; the paper mode's joint attention with
+  double backward costs about 100× a `cst` step, so it trains for one or two short epochs.
+- **The baselines are strong.** The windowed GP (length scale and noise chosen on the
+  validation segments) is the best classic method on the population tables (Allen,
+  simulator, zebrafish in-filling); on the single cells with the cleanest signal plain
+  linear interpolation is (the GP's smallest noise setting still smooths). The GP is a
+  tuned smoother of noisy samples, the job the model has to learn. On the simulator `cst`
+  is further from the noisy held-out frames than the GP but closer to the clean signal
+  (`NMSE vs clean`): the noise in held-out frames cannot be predicted. NMSE near or above 1
+  means most of the held-out variance is noise at the observed rate.
+- **Defaults, not tuning.** `cst` runs with `cst-neuro fit` defaults (sizes adapt to the
+  data). The only setting chosen for this page is the spirals `cst` network's Fourier
+  scale (4 → 16, on the 50 validation curves: validation MSE 1.55e-3 → 1.39e-3 in 2-minute
+  runs; a learning rate of 3e-3 did not help). On the spirals `cst` stops by early
+  stopping (not the budget) between linear interpolation and the spline: a softmax
+  attention output is a convex combination of values, and with the local coordinate bias
+  one decoder layer behaves like a kernel smoother, while a spline's weights have
+  negative lobes. A residual on a classical interpolant is proposed for the model.
+- **Large transients.** On DS09 cell 3 the test segments hold bursts up to 2.7× the
+  largest ΔF/F of the training segments; the interpolators follow them (linear 0.042),
+  `cst` flattens them (0.944): its output range is what training taught it. The other
+  cells with large ratios are clean ones where linear interpolation is already close to
+  exact. Per-window instance normalisation or the interpolant residual would address
+  this; both are model changes, proposed rather than made here.
+- **Spike timing.** Burst onsets in the test segments are few per cell (the `n` column),
+  so per-cell onset errors are noisy; the pooled mean over all cells is the headline.
+"""
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""Paper parity harness on the real IE spirals: fixed split, classic numbers, a short run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cst_neuro.errors import InputError
+from cst_neuro.evaluate import spirals
+
+
+@pytest.fixture(scope="module")
+def split(shared_data: Path) -> spirals.SpiralSplit:
+    return spirals.load_spirals(shared_data / "toy" / "ie_spirals_500x100x2.npy")
+
+
+def test_split_is_fixed_and_disjoint(split: spirals.SpiralSplit, shared_data: Path) -> None:
+    assert (len(split.train), len(split.val), len(split.test)) == (300, 50, 150)
+    again = spirals.load_spirals(shared_data / "toy" / "ie_spirals_500x100x2.npy")
+    np.testing.assert_array_equal(split.test, again.test)
+    rows = {c.tobytes() for c in split.train} | {c.tobytes() for c in split.val}
+    assert not rows & {c.tobytes() for c in split.test}
+    assert spirals.OBSERVED.tolist() == list(range(0, 100, 11)) and spirals.HELD.size == 90
+
+
+def test_classic_baselines_match_the_reference_scale(split: spirals.SpiralSplit) -> None:
+    mse = {k: spirals.held_out_mse(v, split.test) for k, v in spirals.classic(split.test).items()}
+    # reference on other 150 curves: linear 1.52e-3, cubic spline 0.92e-3, PCHIP 1.21e-3
+    assert 1.3e-3 < mse["linear"] < 1.7e-3
+    assert 0.75e-3 < mse["cubic"] < 1.05e-3 and 1.05e-3 < mse["pchip"] < 1.35e-3
+
+
+@pytest.mark.parametrize("mode", ["cst", "paper"])
+def test_a_short_training_run_reports_finite_scores(split, mode: str) -> None:
+    small = spirals.SpiralSplit(split.train[:32], split.val[:8], split.test[:8])
+    out = spirals.train_spirals(small, mode, minutes=0.0, batch_size=16)
+    assert out["epochs"] >= 1 and np.isfinite(out["test_mse"]) and out["test_mse"] > 0
+
+
+def test_bad_files_raise(tmp_path: Path) -> None:
+    np.save(tmp_path / "x.npy", np.zeros((10, 100, 2)))
+    with pytest.raises(InputError, match="expected"):
+        spirals.load_spirals(tmp_path / "x.npy")
