@@ -1,0 +1,235 @@
+"""Sub-frame scrubbing in a napari viewer: the Qt/napari side of ``cst_neuro.scrub``.
+
+``Scrubber`` adds a session's three layers (reconstruction, nearest frame, difference;
+``cst_neuro.scrub.scrub_layers``) and listens to ``viewer.dims.events.point``. The layers'
+time axis has K steps per frame (scale 1 / (K·fs)), so the slider offers K positions per
+frame and ``dims.point`` is a real-valued time in seconds; for that exact time the frames
+are computed on demand (``ScrubSession.frames_at``) and written into the layers' shared
+frame buffers. Model queries run in napari thread workers, one at a time, and only the
+newest request waits while one runs, so dragging the slider never queues stale work and
+the UI thread only copies finished images. A click on an image (or picking a label in
+the recording's ROI labels layer) selects an ROI or grid pixel for the trace plot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from napari.layers import Labels, Layer
+from napari.qt.threading import thread_worker
+
+from cst_neuro.scrub import ROLES, Frames, ScrubSession, Selection, Trace, scrub_layers
+from napari_plugin._trace_plot import TracePlot
+
+CLICK_PIXELS = 4  # a press and release further apart than this (canvas pixels) is a drag
+
+
+class LatestOnly:
+    """Runs ``job(arg)`` in a napari thread worker, one at a time; only the newest
+    request waits while one runs (older waiting requests are dropped)."""
+
+    def __init__(
+        self,
+        job: Callable[[Any], Any],
+        done: Callable[[Any], None],
+        failed: Callable[[Exception], None],
+    ) -> None:
+        self._job, self._done, self._failed = job, done, failed
+        self._pending: tuple[Any] | None = None
+        self.worker: Any = None
+
+    @property
+    def busy(self) -> bool:
+        return self.worker is not None or self._pending is not None
+
+    def request(self, arg: Any) -> None:
+        self._pending = (arg,)
+        if self.worker is None:
+            self._next()
+
+    def _next(self) -> None:
+        if self._pending is None:
+            return
+        (arg,) = self._pending
+        self._pending = None
+        self.worker = thread_worker(self._job)(arg)
+        self.worker.returned.connect(self._done)
+        self.worker.errored.connect(self._failed)
+        self.worker.finished.connect(self._finished)
+        self.worker.start()
+
+    def _finished(self) -> None:
+        self.worker = None
+        self._next()
+
+
+class Scrubber:
+    """A ScrubSession shown in a viewer: layers, time listening, selection, trace plot."""
+
+    def __init__(
+        self,
+        viewer: Any,
+        session: ScrubSession,
+        plot: TracePlot,
+        *,
+        on_error: Callable[[Exception], None],
+    ) -> None:
+        self.viewer, self.session, self.plot = viewer, session, plot
+        self.shown: Frames | None = None  # the frames on screen
+        self.selection: Selection | None = None
+        self.scrubbed: tuple[float, float] | None = None  # range of times shown so far
+        self._requested: float | None = None
+        self._frames = LatestOnly(session.frames_at, self._show_frames, on_error)
+        self._traces = LatestOnly(lambda a: session.trace(*a), self._show_trace, on_error)
+        self.layers: dict[str, Layer] = {}
+        self._buffers: dict[str, np.ndarray] = {}
+        self._labels_layers: list[Labels] = []
+        self._add_layers()
+        viewer.dims.events.point.connect(self._on_point)
+        viewer.mouse_drag_callbacks.append(self._on_click)
+        if session.windows.layout != "grid":
+            self._labels_layers = [
+                layer
+                for layer in viewer.layers
+                if isinstance(layer, Labels)
+                and layer.metadata.get("variable") == "footprints"
+                and layer.metadata.get("source_name") == session.ds.attrs.get("source_name")
+            ]
+            for layer in self._labels_layers:
+                layer.events.selected_label.connect(self._on_label)
+        self._on_point()
+
+    # ---- layers and time -----------------------------------------------------------
+
+    def _add_layers(self) -> None:
+        layers, self._buffers = scrub_layers(self.session)
+        for data, kwargs, _ in layers:
+            layer = self.viewer.add_image(data, **kwargs)
+            self.layers[layer.metadata["cst_scrub"]] = layer
+        self.overlay.visible = True
+        self.overlay.position = "top_left"
+
+    @property
+    def overlay(self) -> Any:
+        """The canvas text overlay that names the time and the panels."""
+        canvas = getattr(self.viewer, "canvas", None)  # napari >= 0.9
+        return canvas.overlays.text if canvas is not None else self.viewer.text_overlay
+
+    @property
+    def time_axis(self) -> int:
+        """The viewer's world axis of time (layers are aligned on their last axes)."""
+        return self.viewer.dims.ndim - self.layers["reconstruction"].ndim
+
+    @property
+    def time(self) -> float | None:
+        """The viewer's current time in seconds (None once a layer of ours has gone)."""
+        if not self.layers or any(la not in self.viewer.layers for la in self.layers.values()):
+            return None  # e.g. the viewer is closing
+        return float(self.viewer.dims.point[self.time_axis])
+
+    def set_upsample(self, upsample: int) -> None:
+        """Change K: the same layers get K steps per frame (new data and time scale)."""
+        t = self.time
+        self.session.set_upsample(upsample)
+        layers, self._buffers = scrub_layers(self.session)
+        for data, kwargs, _ in layers:  # cheaper than new layers (no new Qt controls)
+            layer = self.layers[kwargs["metadata"]["cst_scrub"]]
+            layer.metadata = kwargs["metadata"]
+            layer.data = data
+            layer.scale = kwargs["scale"]
+        if t is not None:
+            self.viewer.dims.set_point(self.time_axis, t)
+        self._requested = None
+        self._on_point()
+
+    def _on_point(self, event: Any = None) -> None:
+        t = self.time
+        if t is None or t == self._requested:
+            return
+        self._requested = t
+        self.plot.set_cursor(t)
+        self._frames.request(t)
+        trace = self.plot.trace
+        outside = trace is not None and not trace.times[0] <= t <= trace.times[-1]
+        if self.selection is not None and outside:
+            self._traces.request((self.selection, t))
+
+    def _show_frames(self, frames: Frames) -> None:
+        if self.time is None:  # closed meanwhile
+            return
+        for role in ROLES:
+            self._buffers[role][...] = frames.image(role)
+            self.layers[role].refresh()
+        self.shown = frames
+        lo, hi = self.scrubbed or (frames.time, frames.time)
+        self.scrubbed = (min(lo, frames.time), max(hi, frames.time))
+        step = (frames.time - self.session.frame_times[frames.frame]) * self.session.fs
+        self.overlay.text = (
+            f"t = {frames.time:.4f} s (frame {frames.frame} {step:+.2f})   "
+            "CST reconstruction | nearest frame | difference"
+        )
+
+    # ---- selection -----------------------------------------------------------------
+
+    def select(self, selection: Selection) -> None:
+        """Plot ``selection``'s trace around the current time."""
+        self.selection = selection
+        if self.time is not None:
+            self._traces.request((selection, self.time))
+
+    def select_at(self, position: tuple[float, ...]) -> Selection | None:
+        """Select what the image under a world position shows (any of the three panels)."""
+        ndim = len(self.session.frame_shape)
+        for layer in self.layers.values():
+            data = np.asarray(layer.world_to_data(position[-layer.ndim :]))[-ndim:]
+            selection = self.session.channel_at(tuple(int(i) for i in np.round(data)))
+            if selection is not None:
+                self.select(selection)
+                return selection
+        return None
+
+    def _on_click(self, viewer: Any, event: Any) -> Any:
+        if event.button != 1:
+            return
+        start = np.asarray(event.pos, dtype=float)
+        yield
+        while event.type == "mouse_move":
+            yield
+        if np.hypot(*(np.asarray(event.pos, dtype=float) - start)) <= CLICK_PIXELS:
+            self.select_at(tuple(event.position))
+
+    def _on_label(self, event: Any = None) -> None:
+        label = int(event.source.selected_label)
+        if 0 < label <= self.session.windows.n_channels:
+            self.select(self.session.roi_selection(label - 1))
+
+    def _show_trace(self, trace: Trace) -> None:
+        t = self.time
+        if t is not None and trace.selection == self.selection:
+            var = self.session.windows.var
+            self.plot.show_trace(trace, unit="ΔF/F" if var == "dff" else var)
+            self.plot.set_cursor(t)
+
+    # ---- teardown ------------------------------------------------------------------
+
+    @property
+    def busy(self) -> bool:
+        return self._frames.busy or self._traces.busy
+
+    def _remove_layers(self) -> None:
+        for layer in self.layers.values():
+            if layer in self.viewer.layers:
+                self.viewer.layers.remove(layer)
+        self.layers = {}
+
+    def close(self) -> None:
+        """Disconnect from the viewer and remove the session's layers."""
+        self.viewer.dims.events.point.disconnect(self._on_point)
+        if self._on_click in self.viewer.mouse_drag_callbacks:
+            self.viewer.mouse_drag_callbacks.remove(self._on_click)
+        for layer in self._labels_layers:
+            layer.events.selected_label.disconnect(self._on_label)
+        self._remove_layers()
+        self.overlay.visible = False

@@ -1,0 +1,350 @@
+"""The CST dock widget: pick a recording, train or load a model, scrub, plot, export.
+
+npe2 widget contribution (``cst-neuro.make_widget``; spec:
+https://napari.org/stable/plugins/building_a_plugin/guides.html#widgets). A thin Qt shell
+over ``cst_neuro``: training is ``cst_neuro.train.fit`` in a napari thread worker (its
+per-epoch ``callback`` drives the progress bar and live loss, and stops it on Cancel);
+scrubbing, traces and exports are ``cst_neuro.scrub.ScrubSession`` behind a
+``napari_plugin._scrubber.Scrubber``. Nothing slow runs on the UI thread: training,
+loading a model, every model query and both exports run in thread workers.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+import xarray as xr
+from napari.qt.threading import thread_worker
+from qtpy.QtCore import QObject, Signal
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from cst_neuro.scrub import DEFAULT_UPSAMPLE, ScrubSession, modelled_recording
+from cst_neuro.train import FitConfig, FitResult
+from napari_plugin._scrubber import Scrubber
+from napari_plugin._trace_plot import TracePlot
+
+WIDGET_NAME = "CST scrubber"  # display name in napari.yaml
+
+
+class _EpochSignal(QObject):
+    """Carries fit's per-epoch callback from the training thread to the UI thread."""
+
+    epoch = Signal(int, float, float)
+
+
+class CSTWidget(QWidget):
+    """Dock widget: recording → model (train / load) → sub-frame scrubbing and exports."""
+
+    def __init__(self, napari_viewer: Any) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.scrubber: Scrubber | None = None
+        self.result: FitResult | None = None  # the last training run
+        self.worker: Any = None  # the running training, loading or export job
+        self.plot = TracePlot()
+        self._plot_dock: Any = None
+        self._cancel = threading.Event()
+        self._epochs = _EpochSignal()
+        self._epochs.epoch.connect(self._on_epoch)
+        self._recordings: dict[str, xr.Dataset] = {}
+        self._written: set[Path] = set()  # model files this widget trained
+        self._build()
+        self.viewer.layers.events.inserted.connect(self._refresh_recordings)
+        self.viewer.layers.events.removed.connect(self._refresh_recordings)
+        self._refresh_recordings()
+
+    # ---- UI --------------------------------------------------------------------------
+
+    def _build(self) -> None:
+        defaults = FitConfig()
+        self.recording_box = QComboBox()
+        self.epochs_box = _spin(QSpinBox(), 1, 100_000, defaults.max_epochs)
+        self.minutes_box = _spin(QDoubleSpinBox(), 0.1, 10_000.0, defaults.max_minutes)
+        self.model_path = QLineEdit(str(Path(tempfile.gettempdir()) / "cst-neuro-model.pt"))
+        self.train_button = QPushButton("Train")
+        self.cancel_button = QPushButton("Cancel")
+        self.load_button = QPushButton("Load model…")
+        self.progress = QProgressBar()
+        self.loss_label = QLabel("no model yet")
+        self.upsample_box = _spin(QSpinBox(), 1, 64, DEFAULT_UPSAMPLE)
+        self.baselines_box = QCheckBox("show linear and PCHIP baselines")
+        self.baselines_box.setChecked(True)
+        self.export_zarr_button = QPushButton("Reconstruction (zarr)…")
+        self.export_movie_button = QPushButton("Movie of scrubbed range (TIFF)…")
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        self.loss_label.setWordWrap(True)
+
+        model = QFormLayout()
+        model.addRow("max epochs", self.epochs_box)
+        model.addRow("max minutes", self.minutes_box)
+        model.addRow("model file", self.model_path)
+        buttons = QHBoxLayout()
+        for button in (self.train_button, self.cancel_button, self.load_button):
+            buttons.addWidget(button)
+        model.addRow(buttons)
+        model.addRow(self.progress)
+        model.addRow(self.loss_label)
+        scrub = QFormLayout()
+        scrub.addRow("positions per frame (K)", self.upsample_box)
+        scrub.addRow(self.baselines_box)
+        export = QVBoxLayout()
+        export.addWidget(self.export_zarr_button)
+        export.addWidget(self.export_movie_button)
+
+        layout = QVBoxLayout(self)
+        form = QFormLayout()
+        form.addRow("recording", self.recording_box)
+        layout.addLayout(form)
+        for title, inner in (("Model", model), ("Scrub", scrub), ("Export", export)):
+            group = QGroupBox(title)
+            group.setLayout(inner)
+            layout.addWidget(group)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+
+        self.train_button.clicked.connect(lambda: self.train())
+        self.cancel_button.clicked.connect(self.cancel)
+        self.load_button.clicked.connect(self._choose_model)
+        self.upsample_box.valueChanged.connect(self.set_upsample)
+        self.baselines_box.toggled.connect(self.plot.set_baselines_visible)
+        self.export_zarr_button.clicked.connect(self._choose_zarr)
+        self.export_movie_button.clicked.connect(self._choose_movie)
+        self._set_busy(False)
+
+    def _set_busy(self, busy: bool) -> None:
+        scrubbing = self.scrubber is not None
+        for button in (self.train_button, self.load_button, self.recording_box):
+            button.setEnabled(not busy)
+        self.cancel_button.setEnabled(busy and not self._cancel.is_set())
+        for button in (self.export_zarr_button, self.export_movie_button, self.upsample_box):
+            button.setEnabled(scrubbing and not busy)
+
+    def _refresh_recordings(self, event: Any = None) -> None:
+        """List the viewer's recordings (layers whose metadata holds one)."""
+        current = self.recording_box.currentText()
+        found = {
+            str(layer.metadata["recording"].attrs.get("source_name") or layer.name): layer.metadata[
+                "recording"
+            ]
+            for layer in self.viewer.layers
+            if isinstance(layer.metadata.get("recording"), xr.Dataset)
+        }
+        self._recordings = {
+            **found,
+            **{k: v for k, v in self._recordings.items() if k not in found},
+        }
+        self.recording_box.clear()
+        self.recording_box.addItems(list(self._recordings))
+        if current in self._recordings:
+            self.recording_box.setCurrentText(current)
+
+    def add_recording(self, ds: xr.Dataset) -> None:
+        """Offer a Recording that no layer shows (e.g. traces without footprints) and pick it."""
+        name = str(ds.attrs.get("source_name") or "recording")
+        self._recordings[name] = ds
+        self._refresh_recordings()
+        self.recording_box.setCurrentText(name)
+
+    @property
+    def recording(self) -> xr.Dataset | None:
+        return self._recordings.get(self.recording_box.currentText())
+
+    def _report(self, message: str) -> None:
+        self.status.setText(message)
+
+    def _failed(self, error: Exception) -> None:
+        self._report(f"error: {error}")
+        self._set_busy(False)
+
+    def _run(self, job: Any, done: Any, *args: Any) -> Any:
+        """Run ``job(*args)`` in a thread worker; ``done(result)`` on the UI thread."""
+        self._set_busy(True)
+        self.worker = thread_worker(job)(*args)
+        self.worker.returned.connect(done)
+        self.worker.errored.connect(self._failed)
+        self.worker.start()
+        return self.worker
+
+    # ---- model -----------------------------------------------------------------------
+
+    def train(self, config: FitConfig | None = None) -> Any:
+        """Train a model on the chosen recording in a worker (the running worker is returned)."""
+        ds = self.recording
+        if ds is None:
+            self._report("open a recording first (File > Open, or a sample)")
+            return None
+        config = config or FitConfig(
+            max_epochs=self.epochs_box.value(), max_minutes=self.minutes_box.value()
+        )
+        output, upsample = Path(self.model_path.text()).expanduser(), self.upsample_box.value()
+        if output.exists() and output not in self._written:
+            self._report(f"error: {output} already exists; choose another model file")
+            return None
+        self._written.add(output)  # later runs of this widget may replace it
+        self._cancel.clear()
+        self.progress.setRange(0, config.max_epochs)
+        self.progress.setValue(0)
+        self.loss_label.setText("preparing the recording…")
+        return self._run(self._train_job, self._trained, ds, config, output, upsample)
+
+    def _train_job(
+        self, ds: xr.Dataset, config: FitConfig, output: Path, upsample: int
+    ) -> tuple[FitResult, ScrubSession]:
+        from cst_neuro.train import fit
+
+        ds = modelled_recording(ds)
+
+        def each_epoch(epoch: int, row: dict[str, float]) -> bool:
+            self._epochs.epoch.emit(epoch, row["train"], row["val"])
+            return self._cancel.is_set()
+
+        result = fit(ds, output, config=config, callback=each_epoch)
+        return result, ScrubSession.from_checkpoint(result.path, ds, upsample=upsample)
+
+    def _on_epoch(self, epoch: int, train: float, val: float) -> None:
+        self.progress.setValue(epoch)
+        self.loss_label.setText(
+            f"epoch {epoch}/{self.progress.maximum()}: training loss {train:.4g}, "
+            f"validation MSE {val:.4g}"
+        )
+
+    def cancel(self) -> None:
+        """Stop training after the current epoch (the best model so far is kept)."""
+        self._cancel.set()
+        self.cancel_button.setEnabled(False)
+        self.loss_label.setText(f"{self.loss_label.text()} (cancelling after this epoch)")
+
+    def _trained(self, out: tuple[FitResult, ScrubSession]) -> None:
+        self.result, session = out
+        self.use_session(session)
+        self._report(
+            f"trained {self.result.epochs} epochs (stopped: {self.result.stopped}), best "
+            f"validation MSE {self.result.best_val:.4g}; model saved to {self.result.path}"
+        )
+
+    def load_model(self, path: str | os.PathLike[str]) -> Any:
+        """Load a model written by ``cst-neuro fit`` for the chosen recording, in a worker."""
+        ds = self.recording
+        if ds is None:
+            self._report("open the model's recording first")
+            return None
+        self.model_path.setText(str(path))
+        job = ScrubSession.from_checkpoint
+        return self._run(lambda: job(path, ds, upsample=self.upsample_box.value()), self._loaded)
+
+    def _loaded(self, session: ScrubSession) -> None:
+        self.use_session(session)
+        self._report(f"loaded {self.model_path.text()}")
+
+    def _choose_model(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Load a cst-neuro model", "", "model (*.pt)")
+        if path:
+            self.load_model(path)
+
+    # ---- scrubbing -------------------------------------------------------------------
+
+    def use_session(self, session: ScrubSession) -> None:
+        """Scrub ``session`` in the viewer (replacing any previous one) with a trace plot."""
+        if self.scrubber is not None:
+            self.scrubber.close()
+        if self._plot_dock is None:
+            self._plot_dock = self.viewer.window.add_dock_widget(
+                self.plot, area="bottom", name="CST trace"
+            )
+        self.upsample_box.blockSignals(True)
+        self.upsample_box.setValue(session.upsample)
+        self.upsample_box.blockSignals(False)
+        self.scrubber = Scrubber(
+            self.viewer, session, self.plot, on_error=lambda e: self._report(f"error: {e}")
+        )
+        self._set_busy(False)
+
+    def set_upsample(self, upsample: int) -> None:
+        """K slider positions per frame (rebuilds the scrubbing layers)."""
+        if self.scrubber is not None and upsample != self.scrubber.session.upsample:
+            self.scrubber.set_upsample(upsample)
+
+    # ---- exports ---------------------------------------------------------------------
+
+    def export_reconstruction(
+        self, path: str | os.PathLike[str], *, overwrite: bool = False
+    ) -> Any:
+        """Write the reconstruction at K× the frame rate to a zarr store, in a worker."""
+        session = self._session_or_report()
+        if session is None:
+            return None
+        self._report(f"writing {path}…")
+        job = session.export_reconstruction
+        return self._run(lambda: job(path, overwrite=overwrite), self._exported)
+
+    def export_movie(
+        self,
+        path: str | os.PathLike[str],
+        start: float | None = None,
+        stop: float | None = None,
+        *,
+        overwrite: bool = False,
+    ) -> Any:
+        """Write a TIFF movie from ``start`` to ``stop`` (default: the scrubbed range)."""
+        session = self._session_or_report()
+        if session is None:
+            return None
+        lo, hi = self.scrubber.scrubbed or (self.scrubber.time, self.scrubber.time)
+        start, stop = lo if start is None else start, hi if stop is None else stop
+        self._report(f"writing {path} ({start:.3f}-{stop:.3f} s)…")
+        job = session.export_movie
+        return self._run(lambda: job(path, start, stop, overwrite=overwrite), self._exported)
+
+    def _exported(self, path: Path) -> None:
+        self._set_busy(False)
+        self._report(f"wrote {path}")
+
+    def _session_or_report(self) -> ScrubSession | None:
+        if self.scrubber is None:
+            self._report("train or load a model first")
+            return None
+        return self.scrubber.session
+
+    def _choose_zarr(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Folder for the reconstruction store")
+        if path:
+            name = f"{self.scrubber.session.name} reconstruction x{self.scrubber.session.upsample}"
+            self.export_reconstruction(Path(path) / f"{name.replace(' ', '_')}.zarr")
+
+    def _choose_movie(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Movie of the scrubbed range", "", "TIFF (*.tif)"
+        )
+        if path:  # the dialog has asked before replacing a file
+            self.export_movie(path, overwrite=True)
+
+    def closeEvent(self, event: Any) -> None:  # noqa: N802 (Qt's name)
+        if self.scrubber is not None:
+            self.scrubber.close()
+        super().closeEvent(event)
+
+
+def _spin(box: Any, lo: float, hi: float, value: float) -> Any:
+    box.setRange(lo, hi)
+    box.setValue(value)
+    return box

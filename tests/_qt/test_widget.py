@@ -1,0 +1,231 @@
+"""The CST dock widget in a real napari viewer (pytest-qt, under Xvfb via pytest-xvfb).
+
+Trains a tiny model in the widget (progress, live loss, cancel), loads one, scrubs between
+frames and checks the layers against an independent ``Reconstructor``, follows the trace
+plot, changes K, exports, and opens ``cst-neuro view``. Skipped like
+``test_napari_plugin.py`` when napari, pytest-qt or a display is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+napari = pytest.importorskip("napari", reason="the napari extra is not installed")
+pytest.importorskip("pytestqt", reason="pytest-qt is not installed")
+npe2 = pytest.importorskip("npe2", reason="npe2 is not installed")
+
+if os.environ.get("QT_QPA_PLATFORM", "").split(":")[0] in ("offscreen", "minimal"):
+    pytest.skip("napari needs OpenGL: run under Xvfb (pytest-xvfb)", allow_module_level=True)
+if sys.platform.startswith("linux") and not (
+    os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+):
+    pytest.skip("no display for Qt: install Xvfb and pytest-xvfb", allow_module_level=True)
+
+import tifffile  # noqa: E402
+import torch  # noqa: E402
+from napari.layers import Layer  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
+
+from cst_neuro._cli.app import app  # noqa: E402
+from cst_neuro._cli.view import open_viewer  # noqa: E402
+from cst_neuro.layers import recording_layers, roi_labels  # noqa: E402
+from cst_neuro.preprocess import compute_dff  # noqa: E402
+from cst_neuro.reconstruct import Reconstructor  # noqa: E402
+from cst_neuro.simulate import SimulationConfig, simulate  # noqa: E402
+from cst_neuro.store import open_store, write_recording  # noqa: E402
+from cst_neuro.train import FitConfig, fit  # noqa: E402
+from napari_plugin._widget import WIDGET_NAME  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore:System theme detection:UserWarning")
+
+MANIFEST = Path(__file__).resolve().parents[2] / "napari_plugin" / "napari.yaml"
+PLUGIN = "cst-neuro"
+TINY = {"d_model": 16, "n_heads": 2, "n_layers": 1, "d_ff": 32, "n_fourier": 8}
+K = 4
+TIMEOUT = 60_000  # ms; training and loading run in worker threads
+
+
+def tiny_config(**kw) -> FitConfig:
+    base = dict(window=16, batch_size=2, steps_per_epoch=2, max_epochs=1, n_collocation=16)
+    return FitConfig(**{**base, "model": TINY, **kw})
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def recording():
+    sim = simulate(SimulationConfig(n_rois=16, n_frames=90, fov=(48, 48), seed=11))
+    return compute_dff(sim.recording()).load()
+
+
+@pytest.fixture(scope="module")
+def model(recording, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("model") / "model.pt"
+    fit(recording, path, config=tiny_config(), device="cpu")
+    return path
+
+
+def viewer_and_widget(make_napari_viewer, ds):
+    viewer = make_napari_viewer()
+    for layer in recording_layers(ds):
+        viewer.add_layer(Layer.create(*layer))
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, WIDGET_NAME)
+    return viewer, widget
+
+
+def wait_idle(qtbot, widget) -> None:
+    """Until the widget's jobs and the scrubber's model queries have finished."""
+    qtbot.waitUntil(
+        lambda: (
+            (widget.worker is None or not widget.worker.is_running)
+            and (widget.scrubber is None or not widget.scrubber.busy)
+        ),
+        timeout=TIMEOUT,
+    )
+
+
+def painted(ds, values: np.ndarray) -> np.ndarray:
+    labels = roi_labels(ds)
+    out = np.full(labels.shape, np.nan, np.float32)
+    out[labels > 0] = values[labels[labels > 0] - 1]
+    return out
+
+
+def test_manifest_offers_the_widget() -> None:
+    manifest = npe2.PluginManifest.from_file(MANIFEST)
+    assert [w.display_name for w in manifest.contributions.widgets] == [WIDGET_NAME]
+
+
+def test_train_with_progress_and_cancel(
+    make_napari_viewer, qtbot, recording, model, tmp_path
+) -> None:
+    viewer, widget = viewer_and_widget(make_napari_viewer, recording)
+    assert widget.recording is recording
+    widget.model_path.setText(str(tmp_path / "m.pt"))
+    widget.train(tiny_config(max_epochs=3))
+    assert widget.cancel_button.isEnabled() and not widget.train_button.isEnabled()
+    widget.cancel()  # stops after the first epoch, keeping its model
+    qtbot.waitUntil(lambda: widget.scrubber is not None, timeout=TIMEOUT)
+    assert widget.result.stopped == "cancelled" and widget.result.epochs == 1
+    assert widget.progress.value() == 1 and widget.progress.maximum() == 3
+    assert widget.loss_label.text().startswith("epoch 1/3: training loss")
+    assert (tmp_path / "m.pt").is_file() and "model saved" in widget.status.text()
+    wait_idle(qtbot, widget)
+    widget.model_path.setText(str(model))  # a file this widget did not write
+    assert widget.train(tiny_config()) is None
+    assert widget.status.text() == f"error: {model} already exists; choose another model file"
+    assert {layer.metadata.get("cst_scrub") for layer in viewer.layers} >= {
+        "reconstruction",
+        "raw",
+        "difference",
+    }
+    wait_idle(qtbot, widget)
+
+
+def test_scrub_trace_and_export(make_napari_viewer, qtbot, recording, model, tmp_path) -> None:
+    viewer, widget = viewer_and_widget(make_napari_viewer, recording)
+    widget.load_model(model)
+    qtbot.waitUntil(lambda: widget.scrubber is not None, timeout=TIMEOUT)
+    scrubber, fs = widget.scrubber, recording.attrs["fs"]
+    axis = scrubber.time_axis
+    assert viewer.dims.range[axis].step == pytest.approx(1 / (K * fs))  # K positions per frame
+
+    fresh = Reconstructor.from_checkpoint(model, recording)
+    layers = scrubber.layers
+    t1, t2 = 30 / fs + 1 / (K * fs), 30 / fs + 2 / (K * fs)  # frame 30 + 1/4, + 2/4
+    shown = []
+    for t in (t1, t2):
+        viewer.dims.set_point(axis, t)
+        qtbot.waitUntil(lambda t=t: scrubber.shown is not None and scrubber.shown.time == t)
+        step = viewer.dims.current_step[axis]  # the slider's index: K × frame + 1 or 2
+        recon = np.array(layers["reconstruction"].data[step])
+        expected = painted(recording, fresh.predict([t])[0, :, 0])
+        np.testing.assert_allclose(recon, expected, rtol=1e-5, atol=1e-6)
+        raw = painted(recording, recording["dff"].values[scrubber.shown.frame])
+        np.testing.assert_allclose(layers["raw"].data[step], raw, rtol=1e-6)
+        np.testing.assert_allclose(layers["difference"].data[step], expected - raw, atol=1e-5)
+        shown.append(recon)
+    assert not np.allclose(shown[0], shown[1], equal_nan=True)
+    assert "frame 30 +0.50" in widget.scrubber.overlay.text
+
+    footprints = next(la for la in viewer.layers if la.metadata.get("variable") == "footprints")
+    footprints.selected_label = 4  # pick ROI 4 → position 3
+    plot = widget.plot
+    qtbot.waitUntil(lambda: plot.trace is not None and plot.trace.selection.channel == 3)
+    np.testing.assert_allclose(plot.lines["reconstruction"].get_ydata(), plot.trace.values)
+    np.testing.assert_allclose(
+        plot.lines["reconstruction"].get_ydata(),
+        fresh.predict(plot.trace.times, np.array([3]))[:, 0, 0],
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    assert plot.cursor_time == pytest.approx(t2)
+    viewer.dims.set_point(axis, t1)
+    assert plot.cursor_time == pytest.approx(t1)
+
+    y, x = np.argwhere(roi_labels(recording) == 7)[0]
+    shift = layers["difference"].translate[-1]  # a click on the difference panel
+    assert scrubber.select_at((t1, float(y), float(x) + shift)).channel == 6
+    qtbot.waitUntil(lambda: plot.trace.selection.channel == 6)
+
+    viewer.dims.set_point(axis, t2)
+    widget.upsample_box.setValue(2)  # K = 2: new layers, same time (a K = 2 position)
+    assert viewer.dims.range[scrubber.time_axis].step == pytest.approx(1 / (2 * fs))
+    assert viewer.dims.point[scrubber.time_axis] == pytest.approx(t2)
+    wait_idle(qtbot, widget)
+
+    widget.export_reconstruction(tmp_path / "rec.zarr")
+    qtbot.waitUntil(lambda: widget.status.text().startswith("wrote"), timeout=TIMEOUT)
+    n_times = (recording.sizes["time"] - 1) * 2 + 1
+    assert open_store(tmp_path / "rec.zarr").sizes["time"] == n_times
+    movie = tmp_path / "scrubbed.tif"
+    widget.export_movie(movie)  # from the first to the last time shown
+    qtbot.waitUntil(lambda: widget.status.text() == f"wrote {movie}", timeout=TIMEOUT)
+    lo, hi = scrubber.scrubbed
+    n_times = round((hi - lo) * 2 * fs) + 1
+    assert tifffile.imread(movie).shape == (n_times, 3, 48, 48)
+    wait_idle(qtbot, widget)
+
+
+def test_view_command_opens_store_and_model(qtbot, recording, model, tmp_path) -> None:
+    store = write_recording(recording, tmp_path / "rec.zarr")
+    widget = open_viewer(store, model, upsample=3)
+    try:
+        assert widget.scrubber is not None and widget.scrubber.session.upsample == 3
+        assert widget.upsample_box.value() == 3
+        assert widget.recording_box.currentText() == recording.attrs["source_name"]
+        assert widget.scrubber.session.held_out.any()  # the store holds the training data
+        qtbot.waitUntil(lambda: widget.scrubber.shown is not None)
+        wait_idle(qtbot, widget)
+    finally:
+        widget.viewer.close()
+
+
+def test_view_bad_input_is_one_line_and_exit_2(recording, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    write_recording(recording, tmp_path / "rec.zarr")
+    other = recording.isel(roi=slice(0, 5))  # a model of 5 ROIs cannot scrub 16
+    fit(other, tmp_path / "other.pt", config=tiny_config(max_epochs=0), device="cpu")
+    for args, message in (
+        (["view", "missing.zarr"], "missing.zarr: no such file or folder"),
+        (
+            ["view", "rec.zarr", "--model", "missing.pt"],
+            "missing.pt: no such checkpoint file",
+        ),
+        (["view", "rec.zarr", "--model", "other.pt"], "model was trained on 5 channels"),
+    ):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2, result.output
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
