@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from cst_neuro import __version__
-from cst_neuro._cli import models, recordings
+from cst_neuro._cli import batch, evaluate, models, recordings, view
 from cst_neuro._cli.common import setup_logging
 
 app = typer.Typer(
@@ -22,6 +22,10 @@ app.command()(recordings.info)
 app.command()(recordings.simulate)
 app.command()(models.fit)
 app.command()(models.reconstruct)
+app.command()(batch.batch)
+app.command()(batch.demo)
+app.command()(view.view)
+app.command()(evaluate.evaluate)
 
 
 def _version(value: bool) -> None:
