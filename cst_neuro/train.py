@@ -25,7 +25,6 @@ import logging
 import math
 import os
 import time
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +54,7 @@ from cst_neuro.model import (
     sample_collocation,
     sobolev_loss,
 )
+from cst_neuro.tomlfile import read_toml
 
 log = logging.getLogger(__name__)
 
@@ -89,14 +89,7 @@ class FitConfig:
     @classmethod
     def from_toml(cls, path: str | os.PathLike[str], **overrides: Any) -> FitConfig:
         """Read a TOML file: top-level keys are FitConfig fields, ``[model]`` CSTConfig ones."""
-        path = Path(path)
-        try:
-            raw = tomllib.loads(path.read_text())
-        except FileNotFoundError as e:
-            raise InputError(path, "no such config file") from e
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-            raise InputError(path, f"not a valid TOML file ({e})") from e
-        return cls.from_dict({**raw, **overrides}, source=path)
+        return cls.from_dict({**read_toml(path), **overrides}, source=Path(path))
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], *, source: Any = None) -> FitConfig:

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cst_neuro.errors import InputError
 from cst_neuro.ingest import BASELINES
+from cst_neuro.tomlfile import read_toml
 
 INGEST_OPTIONS = (
     "format", "fs", "time_axis", "neuropil", "baseline", "all_rois", "grid_bin", "key", "dims",
@@ -64,14 +64,7 @@ class BatchSettings:
     @classmethod
     def from_toml(cls, path: str | os.PathLike[str]) -> BatchSettings:
         """Read a batch TOML file (see the module docstring)."""
-        path = Path(path)
-        try:
-            raw = tomllib.loads(path.read_text())
-        except FileNotFoundError as e:
-            raise InputError(path, "no such config file") from e
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-            raise InputError(path, f"not a valid TOML file ({e})") from e
-        return cls.from_dict(raw, source=path)
+        return cls.from_dict(read_toml(path), source=Path(path))
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], *, source: Any = None) -> BatchSettings:
