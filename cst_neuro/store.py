@@ -21,7 +21,8 @@ import os
 import shutil
 import socket
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -182,14 +183,12 @@ def write_recording(
     """Write a Recording to a zarr store atomically; dask-backed data is streamed in chunks."""
     path = check_writable(path, overwrite=overwrite)
     validate_recording(ds)
-    remove_stale(path)
-    tmp = temporary_sibling(path, "partial")
     out = ds.copy()
     out.attrs = _plain_attrs(dict(ds.attrs))
     out.attrs.pop(COMPLETE_ATTR, None)
     for name in out.variables:
         out[name].encoding = {}
-    try:
+    with atomic_folder(path, overwrite=overwrite, create=False) as tmp:
         delayed = out.to_zarr(
             tmp,
             mode="w-",
@@ -200,6 +199,23 @@ def write_recording(
         )
         _compute(delayed, progress=progress)
         _mark_complete(tmp)
+    return path
+
+
+@contextmanager
+def atomic_folder(path: Path, *, overwrite: bool, create: bool = True) -> Iterator[Path]:
+    """A hidden sibling of ``path`` to fill, renamed onto ``path`` when the block succeeds.
+
+    On any error the temporary is removed (OSError becomes an OutputError naming ``path``),
+    so ``path`` is only ever absent, the previous output or the complete new one. With
+    ``create`` the temporary folder is made empty; else the block creates it.
+    """
+    remove_stale(path)
+    tmp = temporary_sibling(path, "partial")
+    try:
+        if create:
+            tmp.mkdir()
+        yield tmp
         _swap_into_place(tmp, path, overwrite=overwrite)
     except OutputError:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -210,7 +226,6 @@ def write_recording(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return path
 
 
 def _compute(delayed: Any, *, progress: bool) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -164,7 +163,7 @@ class EvaluationReport:
 
     def write(self, out_dir: str | os.PathLike[str]) -> Path:
         """Write report.json, report.md and figures into ``out_dir``, atomically."""
-        from cst_neuro.store import _swap_into_place, remove_stale, temporary_sibling
+        from cst_neuro.store import atomic_folder
 
         out_dir = Path(out_dir)
         parent = out_dir.parent if str(out_dir.parent) else Path(".")
@@ -172,21 +171,11 @@ class EvaluationReport:
             raise OutputError(out_dir, f"output folder {parent} does not exist")
         if out_dir.exists() and not (out_dir / "report.json").exists():
             raise OutputError(out_dir, "exists and is not an evaluation report; not replacing it")
-        remove_stale(out_dir)
-        tmp = temporary_sibling(out_dir, "partial")
-        try:
-            tmp.mkdir()
+        with atomic_folder(out_dir, overwrite=True) as tmp:
             (tmp / "report.md").write_text(self.markdown())
             if self.example is not None:
                 plot_example(self, tmp / "traces.png")
             (tmp / "report.json").write_text(json.dumps(self.to_dict(), indent=1, default=float))
-            _swap_into_place(tmp, out_dir, overwrite=True)
-        except OSError as e:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise OutputError(out_dir, f"cannot write report ({e.strerror or e})") from e
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return out_dir
 
 
