@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -38,3 +41,27 @@ def numeric_reads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
 
     monkeypatch.setattr(npy.NumericFile, "read_rows", spy)
     return reads
+
+
+TINY_MODEL = {"d_model": 16, "n_heads": 2, "n_layers": 1, "d_ff": 32, "n_fourier": 8}
+
+
+@pytest.fixture(scope="session")
+def tiny_fit_config() -> Callable[..., Any]:
+    """A factory of FitConfigs whose models train in about a second (overrides as keywords)."""
+    from cst_neuro.train import FitConfig
+
+    def make(**overrides: Any) -> FitConfig:
+        base = dict(window=16, batch_size=2, steps_per_epoch=2, max_epochs=1, n_collocation=16)
+        return FitConfig(**{**base, "model": TINY_MODEL, **overrides})
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Tiny models are fastest on one torch thread (and shared CI cores make more thrash)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -25,24 +24,10 @@ from cst_neuro.scrub import (
 )
 from cst_neuro.simulate import SimulationConfig, simulate
 from cst_neuro.store import open_store
-from cst_neuro.train import FitConfig, fit
+from cst_neuro.train import fit
 
-TINY = {"d_model": 16, "n_heads": 2, "n_layers": 1, "d_ff": 32, "n_fourier": 8}
 K = 4
-
-
-def tiny_config(**kw) -> FitConfig:
-    base = dict(window=16, batch_size=2, steps_per_epoch=2, max_epochs=1, n_collocation=16)
-    return FitConfig(**{**base, "model": TINY, **kw})
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models are fastest on one thread (and shared CI cores make more thrash)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def simulated(n_rois: int, n_frames: int, fov: tuple[int, int], seed: int):
@@ -51,21 +36,21 @@ def simulated(n_rois: int, n_frames: int, fov: tuple[int, int], seed: int):
 
 
 @pytest.fixture(scope="module")
-def traces(tmp_path_factory):
+def traces(tmp_path_factory, tiny_fit_config):
     """A simulated recording with footprints and a tiny model trained on its ΔF/F."""
     _, ds = simulated(12, 96, (64, 64), seed=4)
     path = tmp_path_factory.mktemp("traces") / "model.pt"
-    fit(ds, path, config=tiny_config(), device="cpu")
+    fit(ds, path, config=tiny_fit_config(), device="cpu")
     return ds, path, ScrubSession.from_checkpoint(path, ds, upsample=K)
 
 
 @pytest.fixture(scope="module")
-def grid(tmp_path_factory):
+def grid(tmp_path_factory, tiny_fit_config):
     """A 23 × 22 movie (5 × 5 patches of 4 × 4 pixels; edge pixels left out) and its model."""
     sim, ds = simulated(4, 64, (23, 22), seed=5)
     ds = ds[["valid", "mean_image"]].assign(movie=(("time", "y", "x"), sim.movie()))
     path = tmp_path_factory.mktemp("grid") / "model.pt"
-    fit(ds, path, config=tiny_config(var="movie"), device="cpu")
+    fit(ds, path, config=tiny_fit_config(var="movie"), device="cpu")
     return ds, path, ScrubSession.from_checkpoint(path, ds, upsample=K)
 
 

@@ -27,7 +27,6 @@ if sys.platform.startswith("linux") and not (
     pytest.skip("no display for Qt: install Xvfb and pytest-xvfb", allow_module_level=True)
 
 import tifffile  # noqa: E402
-import torch  # noqa: E402
 from napari.layers import Layer  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
@@ -38,29 +37,18 @@ from cst_neuro.preprocess import compute_dff  # noqa: E402
 from cst_neuro.reconstruct import Reconstructor  # noqa: E402
 from cst_neuro.simulate import SimulationConfig, simulate  # noqa: E402
 from cst_neuro.store import open_store, write_recording  # noqa: E402
-from cst_neuro.train import FitConfig, fit  # noqa: E402
+from cst_neuro.train import fit  # noqa: E402
 from napari_plugin._widget import WIDGET_NAME  # noqa: E402
 
-pytestmark = pytest.mark.filterwarnings("ignore:System theme detection:UserWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:System theme detection:UserWarning"),
+    pytest.mark.usefixtures("one_thread"),
+]
 
 MANIFEST = Path(__file__).resolve().parents[2] / "napari_plugin" / "napari.yaml"
 PLUGIN = "cst-neuro"
-TINY = {"d_model": 16, "n_heads": 2, "n_layers": 1, "d_ff": 32, "n_fourier": 8}
 K = 4
 TIMEOUT = 60_000  # ms; training and loading run in worker threads
-
-
-def tiny_config(**kw) -> FitConfig:
-    base = dict(window=16, batch_size=2, steps_per_epoch=2, max_epochs=1, n_collocation=16)
-    return FitConfig(**{**base, "model": TINY, **kw})
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -70,9 +58,9 @@ def recording():
 
 
 @pytest.fixture(scope="module")
-def model(recording, tmp_path_factory) -> Path:
+def model(recording, tmp_path_factory, tiny_fit_config) -> Path:
     path = tmp_path_factory.mktemp("model") / "model.pt"
-    fit(recording, path, config=tiny_config(), device="cpu")
+    fit(recording, path, config=tiny_fit_config(), device="cpu")
     return path
 
 
@@ -108,12 +96,12 @@ def test_manifest_offers_the_widget() -> None:
 
 
 def test_train_with_progress_and_cancel(
-    make_napari_viewer, qtbot, recording, model, tmp_path
+    make_napari_viewer, qtbot, recording, model, tmp_path, tiny_fit_config
 ) -> None:
     viewer, widget = viewer_and_widget(make_napari_viewer, recording)
     assert widget.recording is recording
     widget.model_path.setText(str(tmp_path / "m.pt"))
-    widget.train(tiny_config(max_epochs=3))
+    widget.train(tiny_fit_config(max_epochs=3))
     assert widget.cancel_button.isEnabled() and not widget.train_button.isEnabled()
     widget.cancel()  # stops after the first epoch, keeping its model
     qtbot.waitUntil(lambda: widget.scrubber is not None, timeout=TIMEOUT)
@@ -123,7 +111,7 @@ def test_train_with_progress_and_cancel(
     assert (tmp_path / "m.pt").is_file() and "model saved" in widget.status.text()
     wait_idle(qtbot, widget)
     widget.model_path.setText(str(model))  # a file this widget did not write
-    assert widget.train(tiny_config()) is None
+    assert widget.train(tiny_fit_config()) is None
     assert widget.status.text() == f"error: {model} already exists; choose another model file"
     assert {layer.metadata.get("cst_scrub") for layer in viewer.layers} >= {
         "reconstruction",
@@ -212,11 +200,13 @@ def test_view_command_opens_store_and_model(qtbot, recording, model, tmp_path) -
         widget.viewer.close()
 
 
-def test_view_bad_input_is_one_line_and_exit_2(recording, tmp_path, monkeypatch) -> None:
+def test_view_bad_input_is_one_line_and_exit_2(
+    recording, tmp_path, monkeypatch, tiny_fit_config
+) -> None:
     monkeypatch.chdir(tmp_path)
     write_recording(recording, tmp_path / "rec.zarr")
     other = recording.isel(roi=slice(0, 5))  # a model of 5 ROIs cannot scrub 16
-    fit(other, tmp_path / "other.pt", config=tiny_config(max_epochs=0), device="cpu")
+    fit(other, tmp_path / "other.pt", config=tiny_fit_config(max_epochs=0), device="cpu")
     for args, message in (
         (["view", "missing.zarr"], "missing.zarr: no such file or folder"),
         (
