@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -24,14 +23,8 @@ def tiny_fit() -> dict[str, Any]:
 
 
 @pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """One torch thread: on a shared machine, spinning thread pools slow small models down."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def single_threaded(one_thread: None) -> None:
+    """Every evaluation test runs on one torch thread (``one_thread`` in tests/conftest.py)."""
 
 
 @pytest.fixture(scope="package")
