@@ -7,8 +7,15 @@ frame and ``dims.point`` is a real-valued time in seconds; for that exact time t
 are computed on demand (``ScrubSession.frames_at``) and written into the layers' shared
 frame buffers. Model queries run in napari thread workers, one at a time, and only the
 newest request waits while one runs, so dragging the slider never queues stale work and
-the UI thread only copies finished images. A click on an image (or picking a label in
-the recording's ROI labels layer) selects an ROI or grid pixel for the trace plot.
+the UI thread only copies finished images. napari spends 50-100 ms of the UI thread on
+each new layer (Qt controls, vispy node, dims) and as much again on the first paint of
+each (shader compilation), so attaching is a chain of timer ticks, with input and paint
+events served in between: add each layer hidden, show each, then ask for the first frame;
+the scrubber is ``ready`` once all layers are in. The time readout goes to a callback (the widget's
+label), not to a canvas text overlay: vispy renders each new glyph on the CPU, ~150 ms for
+the first readout under software OpenGL. A click on an image (or
+picking a label in the recording's ROI labels layer) selects an ROI or grid pixel for the
+trace plot.
 """
 
 from __future__ import annotations
@@ -19,11 +26,14 @@ from typing import Any
 import numpy as np
 from napari.layers import Labels, Layer
 from napari.qt.threading import thread_worker
+from qtpy.QtCore import QTimer
 
 from cst_neuro.scrub import ROLES, Frames, ScrubSession, Selection, Trace, scrub_layers
 from napari_plugin._trace_plot import TracePlot
 
 CLICK_PIXELS = 4  # a press and release further apart than this (canvas pixels) is a drag
+LAYER_DELAY_MS = 5  # a real timer: QTimer.singleShot(0) is a posted event, served before
+# input and paint, so zero-delay steps would run back to back
 
 
 class LatestOnly:
@@ -75,8 +85,11 @@ class Scrubber:
         plot: TracePlot,
         *,
         on_error: Callable[[Exception], None],
+        on_readout: Callable[[str], None] | None = None,
     ) -> None:
         self.viewer, self.session, self.plot = viewer, session, plot
+        self.on_readout = on_readout
+        self.readout = ""  # the time shown, e.g. "t = 1.2500 s (frame 37 +0.50)"
         self.shown: Frames | None = None  # the frames on screen
         self.selection: Selection | None = None
         self.scrubbed: tuple[float, float] | None = None  # range of times shown so far
@@ -84,9 +97,11 @@ class Scrubber:
         self._frames = LatestOnly(session.frames_at, self._show_frames, on_error)
         self._traces = LatestOnly(lambda a: session.trace(*a), self._show_trace, on_error)
         self.layers: dict[str, Layer] = {}
-        self._buffers: dict[str, np.ndarray] = {}
+        self._pending: list[tuple[np.ndarray, dict[str, Any]]] = []  # layers still to add
+        self._closed = self._ready = False
+        layers, self._buffers = scrub_layers(session)
+        self._pending = [(data, kwargs) for data, kwargs, _ in layers]
         self._labels_layers: list[Labels] = []
-        self._add_layers()
         viewer.dims.events.point.connect(self._on_point)
         viewer.mouse_drag_callbacks.append(self._on_click)
         if session.windows.layout != "grid":
@@ -99,23 +114,31 @@ class Scrubber:
             ]
             for layer in self._labels_layers:
                 layer.events.selected_label.connect(self._on_label)
-        self._on_point()
+        QTimer.singleShot(LAYER_DELAY_MS, self._attach_step)
 
     # ---- layers and time -----------------------------------------------------------
 
-    def _add_layers(self) -> None:
-        layers, self._buffers = scrub_layers(self.session)
-        for data, kwargs, _ in layers:
-            layer = self.viewer.add_image(data, **kwargs)
-            self.layers[layer.metadata["cst_scrub"]] = layer
-        self.overlay.visible = True
-        self.overlay.position = "top_left"
-
     @property
-    def overlay(self) -> Any:
-        """The canvas text overlay that names the time and the panels."""
-        canvas = getattr(self.viewer, "canvas", None)  # napari >= 0.9
-        return canvas.overlays.text if canvas is not None else self.viewer.text_overlay
+    def ready(self) -> bool:
+        """Whether all three layers are in the viewer and shown (see the module docstring)."""
+        return self._ready
+
+    def _attach_step(self) -> None:
+        """One step of attaching per timer tick: add a layer hidden, show one, or finish."""
+        if self._closed:
+            return
+        hidden = [layer for layer in self.layers.values() if not layer.visible]
+        if self._pending:
+            data, kwargs = self._pending.pop(0)
+            layer = self.viewer.add_image(data, visible=False, **kwargs)
+            self.layers[layer.metadata["cst_scrub"]] = layer
+        elif hidden:
+            hidden[0].visible = True
+        else:
+            self._ready = True
+            self._on_point()
+            return
+        QTimer.singleShot(LAYER_DELAY_MS, self._attach_step)
 
     @property
     def time_axis(self) -> int:
@@ -124,8 +147,9 @@ class Scrubber:
 
     @property
     def time(self) -> float | None:
-        """The viewer's current time in seconds (None once a layer of ours has gone)."""
-        if not self.layers or any(la not in self.viewer.layers for la in self.layers.values()):
+        """The viewer's current time in seconds (None until ready or once a layer of ours
+        has gone)."""
+        if not self.ready or any(la not in self.viewer.layers for la in self.layers.values()):
             return None  # e.g. the viewer is closing
         return float(self.viewer.dims.point[self.time_axis])
 
@@ -134,8 +158,12 @@ class Scrubber:
         t = self.time
         self.session.set_upsample(upsample)
         layers, self._buffers = scrub_layers(self.session)
+        self._pending = []
         for data, kwargs, _ in layers:  # cheaper than new layers (no new Qt controls)
-            layer = self.layers[kwargs["metadata"]["cst_scrub"]]
+            layer = self.layers.get(kwargs["metadata"]["cst_scrub"])
+            if layer is None:  # not added yet
+                self._pending.append((data, kwargs))
+                continue
             layer.metadata = kwargs["metadata"]
             layer.data = data
             layer.scale = kwargs["scale"]
@@ -166,10 +194,9 @@ class Scrubber:
         lo, hi = self.scrubbed or (frames.time, frames.time)
         self.scrubbed = (min(lo, frames.time), max(hi, frames.time))
         step = (frames.time - self.session.frame_times[frames.frame]) * self.session.fs
-        self.overlay.text = (
-            f"t = {frames.time:.4f} s (frame {frames.frame} {step:+.2f})   "
-            "CST reconstruction | nearest frame | difference"
-        )
+        self.readout = f"t = {frames.time:.4f} s (frame {frames.frame} {step:+.2f})"
+        if self.on_readout is not None:
+            self.on_readout(self.readout)
 
     # ---- selection -----------------------------------------------------------------
 
@@ -216,7 +243,8 @@ class Scrubber:
 
     @property
     def busy(self) -> bool:
-        return self._frames.busy or self._traces.busy
+        """Whether layers are still being added or a model query is running or waiting."""
+        return not self._ready or self._frames.busy or self._traces.busy
 
     def _remove_layers(self) -> None:
         for layer in self.layers.values():
@@ -226,10 +254,10 @@ class Scrubber:
 
     def close(self) -> None:
         """Disconnect from the viewer and remove the session's layers."""
+        self._closed, self._ready, self._pending = True, False, []
         self.viewer.dims.events.point.disconnect(self._on_point)
         if self._on_click in self.viewer.mouse_drag_callbacks:
             self.viewer.mouse_drag_callbacks.remove(self._on_click)
         for layer in self._labels_layers:
             layer.events.selected_label.disconnect(self._on_label)
         self._remove_layers()
-        self.overlay.visible = False

@@ -88,6 +88,9 @@ class CSTWidget(QWidget):
         self.upsample_box = _spin(QSpinBox(), 1, 64, DEFAULT_UPSAMPLE)
         self.baselines_box = QCheckBox("show linear and PCHIP baselines")
         self.baselines_box.setChecked(True)
+        self.time_label = QLabel("–")  # the exact time shown, from the scrubber
+        self.panels_label = QLabel("left to right: CST reconstruction | nearest frame | difference")
+        self.panels_label.setWordWrap(True)
         self.export_zarr_button = QPushButton("Reconstruction (zarr)…")
         self.export_movie_button = QPushButton("Movie of scrubbed range (TIFF)…")
         self.status = QLabel("")
@@ -107,6 +110,8 @@ class CSTWidget(QWidget):
         scrub = QFormLayout()
         scrub.addRow("positions per frame (K)", self.upsample_box)
         scrub.addRow(self.baselines_box)
+        scrub.addRow("time", self.time_label)
+        scrub.addRow(self.panels_label)
         export = QVBoxLayout()
         export.addWidget(self.export_zarr_button)
         export.addWidget(self.export_movie_button)
@@ -275,7 +280,11 @@ class CSTWidget(QWidget):
         self.upsample_box.setValue(session.upsample)
         self.upsample_box.blockSignals(False)
         self.scrubber = Scrubber(
-            self.viewer, session, self.plot, on_error=lambda e: self._report(f"error: {e}")
+            self.viewer,
+            session,
+            self.plot,
+            on_error=lambda e: self._report(f"error: {e}"),
+            on_readout=self.time_label.setText,
         )
         self._set_busy(False)
 

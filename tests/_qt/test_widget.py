@@ -35,9 +35,12 @@ from cst_neuro._cli.view import open_viewer  # noqa: E402
 from cst_neuro.layers import recording_layers, roi_labels  # noqa: E402
 from cst_neuro.preprocess import compute_dff  # noqa: E402
 from cst_neuro.reconstruct import Reconstructor  # noqa: E402
+from cst_neuro.scrub import ROLES, ScrubSession  # noqa: E402
 from cst_neuro.simulate import SimulationConfig, simulate  # noqa: E402
 from cst_neuro.store import open_store, write_recording  # noqa: E402
 from cst_neuro.train import fit  # noqa: E402
+from napari_plugin._scrubber import Scrubber  # noqa: E402
+from napari_plugin._trace_plot import TracePlot  # noqa: E402
 from napari_plugin._widget import WIDGET_NAME  # noqa: E402
 
 pytestmark = [
@@ -124,7 +127,7 @@ def test_train_with_progress_and_cancel(
 def test_scrub_trace_and_export(make_napari_viewer, qtbot, recording, model, tmp_path) -> None:
     viewer, widget = viewer_and_widget(make_napari_viewer, recording)
     widget.load_model(model)
-    qtbot.waitUntil(lambda: widget.scrubber is not None, timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: widget.scrubber is not None and widget.scrubber.ready, timeout=TIMEOUT)
     scrubber, fs = widget.scrubber, recording.attrs["fs"]
     axis = scrubber.time_axis
     assert viewer.dims.range[axis].step == pytest.approx(1 / (K * fs))  # K positions per frame
@@ -145,7 +148,7 @@ def test_scrub_trace_and_export(make_napari_viewer, qtbot, recording, model, tmp
         np.testing.assert_allclose(layers["difference"].data[step], expected - raw, atol=1e-5)
         shown.append(recon)
     assert not np.allclose(shown[0], shown[1], equal_nan=True)
-    assert "frame 30 +0.50" in widget.scrubber.overlay.text
+    assert widget.time_label.text() == scrubber.readout == f"t = {t2:.4f} s (frame 30 +0.50)"
 
     footprints = next(la for la in viewer.layers if la.metadata.get("variable") == "footprints")
     footprints.selected_label = 4  # pick ROI 4 → position 3
@@ -184,6 +187,30 @@ def test_scrub_trace_and_export(make_napari_viewer, qtbot, recording, model, tmp
     n_times = round((hi - lo) * 2 * fs) + 1
     assert tifffile.imread(movie).shape == (n_times, 3, 48, 48)
     wait_idle(qtbot, widget)
+
+
+def test_layers_arrive_after_the_constructor_returns(
+    make_napari_viewer, qtbot, recording, model
+) -> None:
+    """napari's ~50-100 ms per new layer is spread over event-loop turns, not one block."""
+    viewer = make_napari_viewer()
+    for layer in recording_layers(recording):
+        viewer.add_layer(Layer.create(*layer))
+    session = ScrubSession.from_checkpoint(model, recording, upsample=K)
+    n_layers = len(viewer.layers)
+    scrubber = Scrubber(viewer, session, TracePlot(), on_error=print)
+    assert len(viewer.layers) == n_layers and not scrubber.ready and scrubber.time is None
+    qtbot.waitUntil(lambda: scrubber.ready)
+    assert [la.metadata.get("cst_scrub") for la in viewer.layers][n_layers:] == list(ROLES)
+    qtbot.waitUntil(lambda: scrubber.shown is not None)  # the first frame, once ready
+    qtbot.waitUntil(lambda: not scrubber.busy)
+    scrubber.close()
+    assert len(viewer.layers) == n_layers
+
+    closed_early = Scrubber(viewer, session, TracePlot(), on_error=print)
+    closed_early.close()  # before any layer was added: none arrives later
+    qtbot.wait(50)
+    assert len(viewer.layers) == n_layers
 
 
 def test_view_command_opens_store_and_model(qtbot, recording, model, tmp_path) -> None:
