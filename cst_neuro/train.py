@@ -146,8 +146,8 @@ def _check_settings(config: FitConfig, source: Any) -> None:
             raise InputError(source, f"setting {name} = {value!r} must be {bounds}")
     if config.var is not None and not isinstance(config.var, str):
         raise InputError(source, f"setting var = {config.var!r} is not a variable name")
-    try:
-        CSTConfig(**config.model)
+    try:  # the data decides n_ids later; one stands in for it here
+        CSTConfig(**{"mode": config.mode, "n_ids": 1, **config.model})
     except (TypeError, ValueError) as e:
         raise InputError(source, f"[model]: {e}") from e
 
@@ -179,6 +179,7 @@ def auto_model_config(windows: ChannelWindows, config: FitConfig) -> CSTConfig:
         "input_noise": 0.1 if config.mode == "paper" else 0.05,
         "n_latent_times": max(4, config.window // 2),
         "latents_per_time": 4,
+        "interpolant": "linear" if config.mode == "cst" else "none",
         **size,
     }
     return CSTConfig(**{**base, **config.model})

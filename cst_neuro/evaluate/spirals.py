@@ -84,6 +84,7 @@ def model_config(mode: str) -> dict[str, Any]:
             "input_noise": 0.05,
             "n_fourier": 32,
             "fourier_scale": 16.0,  # chosen on the validation curves (4 → 16)
+            "interpolant": "linear",  # validation MSE 0.80e-3 vs 1.39e-3 without (2.5 min)
         }
     return {
         **base,

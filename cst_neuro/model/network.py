@@ -25,6 +25,10 @@ Mode "cst" (default) is the paper's idea done right:
   identities, each query also attends to the raw tokens of its own channel (`TokenCache`,
   O(Q·(L + W)) per layer): the latents carry the population, the own-channel keys the
   local trace that a 4-latents-per-time bottleneck cannot hold for hundreds of ROIs;
+- with `interpolant="linear"` (fit's default) the decoder predicts a correction to the linear
+  interpolant in time of the query's own channel (`interpolant`): softmax attention, a
+  convex combination, cannot express a spline's negative weights and flattens transients
+  larger than training showed, while the interpolant passes observed amplitudes through;
 - derivatives of ŷ with respect to the query coordinate are exact at every order: the
   encoding gives the coordinate jet in closed form and `taylor` carries it through the
   decoder (`decode_derivatives`), while the encoder keeps the fast SDPA kernels.
@@ -56,12 +60,14 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from cst_neuro.model import dropout as drop
-from cst_neuro.model import taylor
+from cst_neuro.model import interpolant, taylor
 from cst_neuro.model.dummies import add_dummy_tokens
 from cst_neuro.model.encoding import FourierEncoding
 
 Mode = Literal["cst", "transformer", "paper"]
 MODES: tuple[str, ...] = ("cst", "transformer", "paper")
+Interpolant = Literal["none", "linear"]
+INTERPOLANTS: tuple[str, ...] = ("none", "linear")
 
 
 def _autocast_off(device: torch.device) -> AbstractContextManager[object]:
@@ -438,6 +444,7 @@ class CSTConfig:
     n_latent_times: int = 32  # "cst": latent time grid over [0, 1]; 0 = no latents
     latents_per_time: int = 4
     use_sdpa: bool = True  # False forces the hand-written attention everywhere
+    interpolant: Interpolant = "none"  # "cst": "linear" = predict a correction to it
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -461,6 +468,17 @@ class CSTConfig:
             raise ValueError(
                 f"CSTConfig.latents_per_time must be at least 1, got {self.latents_per_time}"
             )
+        if self.interpolant not in INTERPOLANTS:
+            raise ValueError(
+                f"CSTConfig.interpolant must be one of {INTERPOLANTS}, got {self.interpolant!r}"
+            )
+        if self.interpolant != "none" and self.mode != "cst":
+            raise ValueError("CSTConfig.interpolant needs mode 'cst'")
+        if self.interpolant != "none" and self.n_latent_times and not self.n_ids:
+            raise ValueError(
+                "CSTConfig.interpolant with latents needs identities (n_ids > 0) to find "
+                "each query's channel"
+            )
         scale = self.fourier_scale
         if isinstance(scale, tuple) and len(scale) != self.coord_dims:
             raise ValueError(
@@ -480,18 +498,21 @@ class TokenCache:
     kv: list[tuple[Tensor, Tensor]]  # per decoder layer, keys and values (H, B·n_ids, M, D/H)
     coords: Tensor  # (B, n_ids, M, C)
     valid: Tensor  # (B, n_ids, M) which entries are real tokens
+    values: Tensor  # (B, n_ids, M, V) the observed values (for the interpolant)
 
     @classmethod
     def by_channel(
         cls,
         tokens: Tensor,
         coords: Tensor,
+        values: Tensor,
         table: Tensor,
         valid: Tensor,
         projections: list[nn.Linear],
         n_heads: int,
     ) -> TokenCache:
-        """Group tokens (B, N, D) and coords (B, N, C) by a channel table (B, n_ids, M), then
+        """Group tokens (B, N, D), coords (B, N, C) and values (B, N, V) by a channel table
+        (B, n_ids, M), then
         project each decoder layer's keys and values: the tokens are gathered once, not the
         keys and values of every layer."""
         (B, N, D), (_, n_ids, M) = tokens.shape, table.shape
@@ -501,11 +522,11 @@ class TokenCache:
         for proj in projections:  # (B·n_ids·M, 2D) -> keys, values (H, B·n_ids, M, D/H)
             k, v = proj(grouped).view(B * n_ids, M, 2, n_heads, -1).permute(2, 3, 0, 1, 4)
             kv.append((k.contiguous(), v.contiguous()))
-        return cls(kv, coords[batch, table], valid)
+        return cls(kv, coords[batch, table], valid, values[batch, table])
 
     def to(self, dtype: torch.dtype) -> TokenCache:
         kv = [(k.to(dtype), v.to(dtype)) for k, v in self.kv]
-        return replace(self, kv=kv, coords=self.coords.to(dtype))
+        return replace(self, kv=kv, coords=self.coords.to(dtype), values=self.values.to(dtype))
 
 
 @dataclass
@@ -519,6 +540,7 @@ class Context:
     ids: Tensor | None = None  # (B, L) identities of the memory entries (None for latents)
     time_only: bool = False  # memory entries have a time but no place (latents)
     tokens: TokenCache | None = None  # raw tokens by channel (latents with identities)
+    values: Tensor | None = None  # (B, L, V) observed values of the memory entries (no latents)
 
     def to(self, dtype: torch.dtype) -> Context:
         """The same context with floating tensors in `dtype`."""
@@ -528,6 +550,7 @@ class Context:
             kv=[(k.to(dtype), v.to(dtype)) for k, v in self.kv],
             coords=None if self.coords is None else self.coords.to(dtype),
             tokens=None if self.tokens is None else self.tokens.to(dtype),
+            values=None if self.values is None else self.values.to(dtype),
         )
 
 
@@ -631,6 +654,8 @@ class CST(nn.Module):
             )
             self.ln_out = nn.LayerNorm(D)
             self.head: nn.Module = nn.Linear(D, config.value_dim)
+            if config.interpolant != "none":  # learned: noisy samples call for less of it
+                self.interpolant_gain = nn.Parameter(torch.ones(config.value_dim))
         else:
             self.coord_embed = nn.Linear(C, D)  # the release's Linear(3 -> dim) on coordinates
             self.ln_embed = nn.LayerNorm(D, eps=1e-12)
@@ -792,6 +817,7 @@ class CST(nn.Module):
                 memory_mask,
                 coords=coords,
                 ids=ids,
+                values=values,
             )
         B, D = x.shape[0], x.shape[-1]
         times = self.coord_embed(self.latent_coords)  # (T, D)
@@ -811,7 +837,7 @@ class CST(nn.Module):
             table, valid = channel_table(ids, mask, self.config.n_ids)  # type: ignore[arg-type]
             projections = [block.local_kv for block in self.decoder]
             cache = TokenCache.by_channel(
-                tokens, coords, table, valid, projections, self.config.n_heads
+                tokens, coords, values, table, valid, projections, self.config.n_heads
             )
         return Context(
             memory,
@@ -898,7 +924,28 @@ class CST(nn.Module):
                 )
             x = block(x, k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1), mask, bias, local)
         x = taylor.layer_norm(x, self.ln_out.weight, self.ln_out.bias, self.ln_out.eps)
-        return taylor.linear(x, self.head.weight, self.head.bias)
+        out = taylor.linear(x, self.head.weight, self.head.bias)
+        if self.config.interpolant == "none":
+            return out
+        if cache is not None:
+            key_times, key_valid = own_coords[..., 0], own_mask[:, 0]
+            key_values = _by_query(cache.values, ids)  # type: ignore[arg-type]
+        else:  # the memory is the observed tokens themselves
+            assert context.values is not None and context.coords is not None
+            key_times, key_values = context.coords[:, None, :, 0], context.values[:, None]
+            key_valid = torch.ones_like(key_times, dtype=torch.bool)
+            if context.mask is not None:
+                key_valid = key_valid & context.mask[:, None]
+            if context.ids is not None and ids is not None:
+                key_valid = key_valid & (context.ids[:, None, :] == ids[..., None])
+            key_times, key_values, key_valid = (
+                t.expand(B, *t.shape[1:]) for t in (key_times, key_values, key_valid)
+            )
+        along = None if direction is None else direction[..., 0]
+        base = interpolant.linear_jet(
+            coords[..., 0], key_times, key_values.to(out.dtype), key_valid, order, along
+        )
+        return out + base * self.interpolant_gain
 
     # ---- modes "paper" and "transformer" ------------------------------------------------
 
