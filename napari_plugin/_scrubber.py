@@ -11,11 +11,11 @@ the UI thread only copies finished images. napari spends 50-100 ms of the UI thr
 each new layer (Qt controls, vispy node, dims) and as much again on the first paint of
 each (shader compilation), so attaching is a chain of timer ticks, with input and paint
 events served in between: add each layer hidden, show each, then ask for the first frame;
-the scrubber is ``ready`` once all layers are in. The time readout goes to a callback (the widget's
-label), not to a canvas text overlay: vispy renders each new glyph on the CPU, ~150 ms for
-the first readout under software OpenGL. A click on an image (or
-picking a label in the recording's ROI labels layer) selects an ROI or grid pixel for the
-trace plot.
+the scrubber is ``ready`` once all layers are in. The time readout goes to a callback
+(the widget's label), not to a canvas text overlay: vispy renders each new glyph on the
+CPU, ~150 ms for the first readout under software OpenGL. A click on an image (or picking
+a label in the recording's ROI labels layer) selects an ROI or grid pixel for the trace
+plot.
 """
 
 from __future__ import annotations
@@ -97,10 +97,9 @@ class Scrubber:
         self._frames = LatestOnly(session.frames_at, self._show_frames, on_error)
         self._traces = LatestOnly(lambda a: session.trace(*a), self._show_trace, on_error)
         self.layers: dict[str, Layer] = {}
-        self._pending: list[tuple[np.ndarray, dict[str, Any]]] = []  # layers still to add
         self._closed = self._ready = False
         layers, self._buffers = scrub_layers(session)
-        self._pending = [(data, kwargs) for data, kwargs, _ in layers]
+        self._pending = [(data, kwargs) for data, kwargs, _ in layers]  # layers still to add
         self._labels_layers: list[Labels] = []
         viewer.dims.events.point.connect(self._on_point)
         viewer.mouse_drag_callbacks.append(self._on_click)
@@ -127,13 +126,13 @@ class Scrubber:
         """One step of attaching per timer tick: add a layer hidden, show one, or finish."""
         if self._closed:
             return
-        hidden = [layer for layer in self.layers.values() if not layer.visible]
+        hidden = next((layer for layer in self.layers.values() if not layer.visible), None)
         if self._pending:
             data, kwargs = self._pending.pop(0)
             layer = self.viewer.add_image(data, visible=False, **kwargs)
             self.layers[layer.metadata["cst_scrub"]] = layer
-        elif hidden:
-            hidden[0].visible = True
+        elif hidden is not None:
+            hidden.visible = True
         else:
             self._ready = True
             self._on_point()

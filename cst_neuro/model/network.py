@@ -938,9 +938,6 @@ class CST(nn.Module):
                 key_valid = key_valid & context.mask[:, None]
             if context.ids is not None and ids is not None:
                 key_valid = key_valid & (context.ids[:, None, :] == ids[..., None])
-            key_times, key_values, key_valid = (
-                t.expand(B, *t.shape[1:]) for t in (key_times, key_values, key_valid)
-            )
         along = None if direction is None else direction[..., 0]
         base = interpolant.linear_jet(
             coords[..., 0], key_times, key_values.to(out.dtype), key_valid, order, along
