@@ -11,11 +11,13 @@ the UI thread only copies finished images. napari spends 50-100 ms of the UI thr
 each new layer (Qt controls, vispy node, dims) and as much again on the first paint of
 each (shader compilation), so attaching is a chain of timer ticks, with input and paint
 events served in between: add each layer hidden, show each, then ask for the first frame;
-the scrubber is ``ready`` once all layers are in. The time readout goes to a callback
-(the widget's label), not to a canvas text overlay: vispy renders each new glyph on the
-CPU, ~150 ms for the first readout under software OpenGL. A click on an image (or picking
-a label in the recording's ROI labels layer) selects an ROI or grid pixel for the trace
-plot.
+the scrubber is ``ready`` once all layers are in. While a layer is added, the main
+window's repaint is held until the next tick (the first 3-D layer also creates the time
+slider, whose layout change would otherwise repaint the whole window in the same turn).
+The time readout goes to a callback (the widget's label), not to a canvas text overlay:
+vispy renders each new glyph on the CPU, ~150 ms for the first readout under software
+OpenGL. A click on an image (or picking a label in the recording's ROI labels layer)
+selects an ROI or grid pixel for the trace plot.
 """
 
 from __future__ import annotations
@@ -34,6 +36,11 @@ from napari_plugin._trace_plot import TracePlot
 CLICK_PIXELS = 4  # a press and release further apart than this (canvas pixels) is a drag
 LAYER_DELAY_MS = 5  # a real timer: QTimer.singleShot(0) is a posted event, served before
 # input and paint, so zero-delay steps would run back to back
+
+
+def main_window(viewer: Any) -> Any:
+    """The viewer's Qt main window, or None (napari has no public handle on it)."""
+    return getattr(getattr(viewer, "window", None), "_qt_window", None)
 
 
 class LatestOnly:
@@ -98,6 +105,7 @@ class Scrubber:
         self._traces = LatestOnly(lambda a: session.trace(*a), self._show_trace, on_error)
         self.layers: dict[str, Layer] = {}
         self._closed = self._ready = False
+        self._held: Any = None  # the main window while its repaint is held
         layers, self._buffers = scrub_layers(session)
         self._pending = [(data, kwargs) for data, kwargs, _ in layers]  # layers still to add
         self._labels_layers: list[Labels] = []
@@ -123,13 +131,23 @@ class Scrubber:
         return self._ready
 
     def _attach_step(self) -> None:
-        """One step of attaching per timer tick: add a layer hidden, show one, or finish."""
+        """One step of attaching per timer tick: add a layer hidden (holding the window's
+        repaint), let the window repaint, show a layer, or finish."""
         if self._closed:
             return
         hidden = next((layer for layer in self.layers.values() if not layer.visible), None)
-        if self._pending:
+        if self._held is not None:
+            self._release_window()
+        elif self._pending:
             data, kwargs = self._pending.pop(0)
-            layer = self.viewer.add_image(data, visible=False, **kwargs)
+            self._held = main_window(self.viewer)
+            if self._held is not None:
+                self._held.setUpdatesEnabled(False)
+            try:
+                layer = self.viewer.add_image(data, visible=False, **kwargs)
+            except Exception:
+                self._release_window()
+                raise
             self.layers[layer.metadata["cst_scrub"]] = layer
         elif hidden is not None:
             hidden.visible = True
@@ -251,9 +269,15 @@ class Scrubber:
                 self.viewer.layers.remove(layer)
         self.layers = {}
 
+    def _release_window(self) -> None:
+        if self._held is not None:
+            self._held.setUpdatesEnabled(True)
+            self._held = None
+
     def close(self) -> None:
         """Disconnect from the viewer and remove the session's layers."""
         self._closed, self._ready, self._pending = True, False, []
+        self._release_window()
         self.viewer.dims.events.point.disconnect(self._on_point)
         if self._on_click in self.viewer.mouse_drag_callbacks:
             self.viewer.mouse_drag_callbacks.remove(self._on_click)

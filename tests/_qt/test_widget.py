@@ -28,6 +28,7 @@ if sys.platform.startswith("linux") and not (
 
 import tifffile  # noqa: E402
 from napari.layers import Layer  # noqa: E402
+from qtpy.QtCore import QTimer  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from cst_neuro._cli.app import app  # noqa: E402
@@ -39,7 +40,7 @@ from cst_neuro.scrub import ROLES, ScrubSession  # noqa: E402
 from cst_neuro.simulate import SimulationConfig, simulate  # noqa: E402
 from cst_neuro.store import open_store, write_recording  # noqa: E402
 from cst_neuro.train import fit  # noqa: E402
-from napari_plugin._scrubber import Scrubber  # noqa: E402
+from napari_plugin._scrubber import Scrubber, main_window  # noqa: E402
 from napari_plugin._trace_plot import TracePlot  # noqa: E402
 from napari_plugin._widget import WIDGET_NAME  # noqa: E402
 
@@ -198,10 +199,17 @@ def test_layers_arrive_after_the_constructor_returns(
         viewer.add_layer(Layer.create(*layer))
     session = ScrubSession.from_checkpoint(model, recording, upsample=K)
     n_layers = len(viewer.layers)
+
+    def repaints() -> bool:
+        return main_window(viewer).updatesEnabled()
+
+    repaint_on_insert = []  # the window's repaint is held while each layer is added
+    viewer.layers.events.inserted.connect(lambda event: repaint_on_insert.append(repaints()))
     scrubber = Scrubber(viewer, session, TracePlot(), on_error=print)
     assert len(viewer.layers) == n_layers and not scrubber.ready and scrubber.time is None
     qtbot.waitUntil(lambda: scrubber.ready)
     assert [la.metadata.get("cst_scrub") for la in viewer.layers][n_layers:] == list(ROLES)
+    assert repaint_on_insert == [False] * len(ROLES) and repaints()
     qtbot.waitUntil(lambda: scrubber.shown is not None)  # the first frame, once ready
     qtbot.waitUntil(lambda: not scrubber.busy)
     scrubber.close()
@@ -211,6 +219,18 @@ def test_layers_arrive_after_the_constructor_returns(
     closed_early.close()  # before any layer was added: none arrives later
     qtbot.wait(50)
     assert len(viewer.layers) == n_layers
+
+    closed_while_held = Scrubber(viewer, session, TracePlot(), on_error=print)
+    closed = []  # a posted event runs before the tick that would release the repaint
+
+    def close_soon(event: object) -> None:
+        QTimer.singleShot(0, lambda: closed.append(closed_while_held.close()))
+
+    viewer.layers.events.inserted.connect(close_soon)
+    qtbot.waitUntil(lambda: bool(closed))
+    assert repaint_on_insert[-1] is False  # it was closed while the repaint was held
+    qtbot.wait(50)
+    assert len(viewer.layers) == n_layers and repaints()
 
 
 def test_view_command_opens_store_and_model(qtbot, recording, model, tmp_path) -> None:
