@@ -41,6 +41,12 @@ def test_version() -> None:
     assert code == 0 and out.strip() == f"cst-neuro {__version__}"
 
 
+def test_help_shows_toml_table_names() -> None:
+    """Help texts are plain text: a table name in brackets is not eaten as markup."""
+    code, out, _ = run("batch", "--help")
+    assert code == 0 and "[ingest], [fit], [reconstruct], [evaluate]," in out
+
+
 def test_info_prints_a_summary(store: Path) -> None:
     code, out, err = run("info", str(store))
     assert code == 0, err

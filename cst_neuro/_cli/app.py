@@ -16,6 +16,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts are plain: "[fit]" names a TOML table
 )
 app.command()(recordings.ingest)
 app.command()(recordings.info)
