@@ -13,10 +13,11 @@ them (weights untrained: ``max_epochs=0``; the cost does not depend on the value
 4. with ``--viewer`` (needs a display, e.g. ``xvfb-run``), the UI thread's share in a
    real napari viewer that shows the recording (as the widget requires): showing a
    finished frame (copy into the three layers, refresh), drawing the trace plot
-   (matplotlib Agg) and changing K; and attaching a model (the scrubber adds its three
-   layers, one per event-loop turn, then shows the first frame), measured as the longest
-   gap between ticks of a 1 ms heartbeat timer on the UI thread, i.e. the longest time
-   the UI could not respond.
+   (matplotlib Agg) and changing K; and attaching a model through the dock widget's
+   ``use_session``, as after training or loading one (the scrubber adds its three layers
+   over several event-loop turns, then shows the first frame; the first attach also docks
+   the trace plot), measured as the longest gap between ticks of a 1 ms heartbeat timer
+   on the UI thread, i.e. the longest time the UI could not respond.
 
 Medians over ``--repeats`` runs after a warm-up.
 
@@ -122,25 +123,26 @@ def ui_cost(session: ScrubSession, times: list[float]) -> dict[str, float]:
     """Milliseconds of the UI thread's work in a real viewer (medians where repeated)."""
     import napari
     from napari.layers import Layer
+    from qtpy.QtWidgets import QApplication
 
     from cst_neuro.layers import recording_layers
-    from napari_plugin._scrubber import Scrubber
-    from napari_plugin._trace_plot import TracePlot
 
     viewer = napari.Viewer(show=True)
     for layer in recording_layers(session.ds):
         viewer.add_layer(Layer.create(*layer))
-    plot = TracePlot()
-    blocks, scrubber = [], None
-    for _ in range(3):  # a new model replaces the scrubber
-        if scrubber is not None:
-            scrubber.close()
-
-        def attach() -> None:
-            nonlocal scrubber
-            scrubber = Scrubber(viewer, session, plot, on_error=print)
-
-        blocks.append(longest_block_ms(attach, lambda: scrubber.ready and not scrubber.busy))
+    _, widget = viewer.window.add_plugin_dock_widget("cst-neuro", "CST scrubber")
+    widget.add_recording(session.ds)
+    end = time.perf_counter() + 0.5  # the viewer as a user sees it before loading a model
+    while time.perf_counter() < end:
+        QApplication.processEvents()
+    blocks = [  # the first docks the trace plot; each later one replaces the scrubber
+        longest_block_ms(
+            lambda: widget.use_session(session),
+            lambda: widget.scrubber.ready and not widget.scrubber.busy,
+        )
+        for _ in range(3)
+    ]
+    scrubber, plot = widget.scrubber, widget.plot
     frames = [session.frames_at(t) for t in times]
     selection = session.channel_at(tuple(np.argwhere(np.isfinite(frames[0].raw))[0]))
     trace = session.trace(selection, times[0])
@@ -159,7 +161,6 @@ def ui_cost(session: ScrubSession, times: list[float]) -> dict[str, float]:
             "UI ms: change K": median_ms(scrubber.set_upsample, [8, 2, 8, 2, 8, 2]),
         }
     finally:
-        scrubber.close()
         viewer.close()
 
 

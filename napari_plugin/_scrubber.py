@@ -11,9 +11,12 @@ the UI thread only copies finished images. napari spends 50-100 ms of the UI thr
 each new layer (Qt controls, vispy node, dims) and as much again on the first paint of
 each (shader compilation), so attaching is a chain of timer ticks, with input and paint
 events served in between: add each layer hidden, show each, then ask for the first frame;
-the scrubber is ``ready`` once all layers are in. While a layer is added, the main
-window's repaint is held until the next tick (the first 3-D layer also creates the time
+the scrubber is ``ready`` once all layers are in. While a layer is added, the repaint of
+the window that holds the trace plot (the viewer's, once the plot is docked) is held until
+the next tick (the first 3-D layer also creates the time
 slider, whose layout change would otherwise repaint the whole window in the same turn).
+A scrubber for a new model takes over the previous one's layers (``detach``; napari runs
+a full garbage collection for each layer it removes).
 The time readout goes to a callback (the widget's label), not to a canvas text overlay:
 vispy renders each new glyph on the CPU, ~150 ms for the first readout under software
 OpenGL. A click on an image (or picking a label in the recording's ROI labels layer)
@@ -36,11 +39,6 @@ from napari_plugin._trace_plot import TracePlot
 CLICK_PIXELS = 4  # a press and release further apart than this (canvas pixels) is a drag
 LAYER_DELAY_MS = 5  # a real timer: QTimer.singleShot(0) is a posted event, served before
 # input and paint, so zero-delay steps would run back to back
-
-
-def main_window(viewer: Any) -> Any:
-    """The viewer's Qt main window, or None (napari has no public handle on it)."""
-    return getattr(getattr(viewer, "window", None), "_qt_window", None)
 
 
 class LatestOnly:
@@ -93,8 +91,10 @@ class Scrubber:
         *,
         on_error: Callable[[Exception], None],
         on_readout: Callable[[str], None] | None = None,
+        reuse: dict[str, Layer] | None = None,
     ) -> None:
         self.viewer, self.session, self.plot = viewer, session, plot
+        self._reuse = dict(reuse or {})  # a previous scrubber's layers (``detach``), by role
         self.on_readout = on_readout
         self.readout = ""  # the time shown, e.g. "t = 1.2500 s (frame 37 +0.50)"
         self.shown: Frames | None = None  # the frames on screen
@@ -138,11 +138,16 @@ class Scrubber:
         hidden = next((layer for layer in self.layers.values() if not layer.visible), None)
         if self._held is not None:
             self._release_window()
+        elif (reused := self._reusable()) is not None:
+            data, kwargs = self._pending.pop(0)
+            _point(reused, data, kwargs)
+            self.layers[kwargs["metadata"]["cst_scrub"]] = reused
+        elif self._reuse:  # left over (another frame dimensionality): removed, one per tick
+            self.viewer.layers.remove(self._reuse.popitem()[1])
         elif self._pending:
             data, kwargs = self._pending.pop(0)
-            self._held = main_window(self.viewer)
-            if self._held is not None:
-                self._held.setUpdatesEnabled(False)
+            self._held = self.plot.window()  # napari's main window once the plot is docked
+            self._held.setUpdatesEnabled(False)
             try:
                 layer = self.viewer.add_image(data, visible=False, **kwargs)
             except Exception:
@@ -154,8 +159,23 @@ class Scrubber:
         else:
             self._ready = True
             self._on_point()
+            if self.selection is not None and not self._traces.busy:  # selected before ready
+                self._traces.request((self.selection, self.time))
             return
         QTimer.singleShot(LAYER_DELAY_MS, self._attach_step)
+
+    def _reusable(self) -> Layer | None:
+        """The previous scrubber's layer that can show the next pending one, if any."""
+        if not self._pending:
+            return None
+        data, kwargs = self._pending[0]
+        layer = self._reuse.pop(kwargs["metadata"]["cst_scrub"], None)
+        if layer is None or layer not in self.viewer.layers:
+            return None
+        if layer.ndim != data.ndim:
+            self._reuse[kwargs["metadata"]["cst_scrub"]] = layer  # to be removed
+            return None
+        return layer
 
     @property
     def time_axis(self) -> int:
@@ -181,9 +201,7 @@ class Scrubber:
             if layer is None:  # not added yet
                 self._pending.append((data, kwargs))
                 continue
-            layer.metadata = kwargs["metadata"]
-            layer.data = data
-            layer.scale = kwargs["scale"]
+            _point(layer, data, kwargs)
         if t is not None:
             self.viewer.dims.set_point(self.time_axis, t)
         self._requested = None
@@ -263,19 +281,15 @@ class Scrubber:
         """Whether layers are still being added or a model query is running or waiting."""
         return not self._ready or self._frames.busy or self._traces.busy
 
-    def _remove_layers(self) -> None:
-        for layer in self.layers.values():
-            if layer in self.viewer.layers:
-                self.viewer.layers.remove(layer)
-        self.layers = {}
-
     def _release_window(self) -> None:
         if self._held is not None:
             self._held.setUpdatesEnabled(True)
             self._held = None
 
-    def close(self) -> None:
-        """Disconnect from the viewer and remove the session's layers."""
+    def detach(self) -> dict[str, Layer]:
+        """Disconnect from the viewer and hand over the layers, by role, for the next
+        scrubber to reuse: napari runs a full garbage collection for each layer it
+        removes (~0.3 s each in a process that holds torch and a model)."""
         self._closed, self._ready, self._pending = True, False, []
         self._release_window()
         self.viewer.dims.events.point.disconnect(self._on_point)
@@ -283,4 +297,21 @@ class Scrubber:
             self.viewer.mouse_drag_callbacks.remove(self._on_click)
         for layer in self._labels_layers:
             layer.events.selected_label.disconnect(self._on_label)
-        self._remove_layers()
+        layers = {**self._reuse, **self.layers}
+        self.layers, self._reuse = {}, {}
+        return layers
+
+    def close(self) -> None:
+        """Disconnect from the viewer and remove the session's layers."""
+        for layer in self.detach().values():
+            if layer in self.viewer.layers:
+                self.viewer.layers.remove(layer)
+
+
+def _point(layer: Layer, data: np.ndarray, kwargs: dict[str, Any]) -> None:
+    """Show new scrubbing data (another K or session) in an existing layer of the same
+    dimensionality: far cheaper than a new layer (no Qt controls, vispy node or removal)."""
+    layer.metadata = kwargs["metadata"]
+    layer.data = data
+    for key in ("name", "scale", "translate", "contrast_limits"):
+        setattr(layer, key, kwargs[key])

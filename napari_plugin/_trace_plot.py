@@ -19,6 +19,9 @@ from cst_neuro.scrub import Trace
 BASELINE_STYLES = {"linear": ":", "PCHIP": "--"}
 
 
+PROMPT = "click an ROI to plot its trace"
+
+
 class TracePlot(QWidget):
     """Observed samples, reconstruction, baselines and a time cursor for one selection."""
 
@@ -32,7 +35,7 @@ class TracePlot(QWidget):
         layout.addWidget(self.canvas)
         self.axes = self.figure.add_subplot()
         self.axes.set_xlabel("time (s)")
-        self.axes.set_title("click an ROI to plot its trace", fontsize="medium")
+        self.axes.set_title(PROMPT, fontsize="medium")
         self.lines = {
             "reconstruction": self.axes.plot([], [], "-", color="C0", lw=1.5, label="CST")[0],
             "observed": self.axes.plot([], [], "o", color="k", ms=3.5, label="observed")[0],
@@ -64,6 +67,14 @@ class TracePlot(QWidget):
         self.axes.autoscale_view()
         self.axes.set_xlim(trace.times[0], trace.times[-1])
         self.set_baselines_visible(self._baselines)
+
+    def clear(self) -> None:
+        """Show no trace (the model or recording changed)."""
+        self.trace = None
+        for line in self.lines.values():
+            line.set_data([], [])
+        self.axes.set_title(PROMPT, fontsize="medium")
+        self.canvas.draw_idle()
 
     def set_baselines_visible(self, visible: bool) -> None:
         """Show or hide the interpolation baselines (the legend lists what is drawn)."""

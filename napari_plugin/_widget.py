@@ -255,11 +255,20 @@ class CSTWidget(QWidget):
             return None
         self.model_path.setText(str(path))
         job = ScrubSession.from_checkpoint
-        return self._run(lambda: job(path, ds, upsample=self.upsample_box.value()), self._loaded)
+        return self._run(
+            lambda: job(path, ds, upsample=self.upsample_box.value()),
+            lambda session: self.use_loaded(session, path),
+        )
 
-    def _loaded(self, session: ScrubSession) -> None:
+    def use_loaded(self, session: ScrubSession, path: str | os.PathLike[str]) -> None:
+        """Scrub a model loaded from ``path`` (Load model…, or ``cst-neuro view --model``)."""
+        self.model_path.setText(str(path))
         self.use_session(session)
-        self._report(f"loaded {self.model_path.text()}")
+        config = session.model.config
+        self.loss_label.setText(
+            f"loaded a {config.mode} model ({session.model.num_params():,} parameters)"
+        )
+        self._report(f"loaded {path}")
 
     def _choose_model(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Load a cst-neuro model", "", "model (*.pt)")
@@ -269,9 +278,11 @@ class CSTWidget(QWidget):
     # ---- scrubbing -------------------------------------------------------------------
 
     def use_session(self, session: ScrubSession) -> None:
-        """Scrub ``session`` in the viewer (replacing any previous one) with a trace plot."""
-        if self.scrubber is not None:
-            self.scrubber.close()
+        """Scrub ``session`` in the viewer (replacing any previous one, in its layers) with a
+        trace plot; the plotted ROI stays selected when the recording is the same."""
+        old, reuse = self.scrubber, {}
+        if old is not None:
+            reuse = old.detach()
         if self._plot_dock is None:
             self._plot_dock = self.viewer.window.add_dock_widget(
                 self.plot, area="bottom", name="CST trace"
@@ -285,7 +296,16 @@ class CSTWidget(QWidget):
             self.plot,
             on_error=lambda e: self._report(f"error: {e}"),
             on_readout=self.time_label.setText,
+            reuse=reuse,
         )
+        same = old is not None and (old.session.name, old.session.windows.n_channels) == (
+            session.name,
+            session.windows.n_channels,
+        )
+        if same and old.selection is not None:
+            self.scrubber.select(old.selection)
+        else:
+            self.plot.clear()
         self._set_busy(False)
 
     def set_upsample(self, upsample: int) -> None:

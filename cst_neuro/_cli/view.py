@@ -52,6 +52,5 @@ def open_viewer(store: Path, model: Path | None, *, upsample: int) -> Any:
     _, widget = viewer.window.add_plugin_dock_widget("cst-neuro", "CST scrubber")
     widget.add_recording(ds)
     if session is not None:
-        widget.model_path.setText(str(model))
-        widget.use_session(session)
+        widget.use_loaded(session, model)
     return widget

@@ -40,7 +40,7 @@ from cst_neuro.scrub import ROLES, ScrubSession  # noqa: E402
 from cst_neuro.simulate import SimulationConfig, simulate  # noqa: E402
 from cst_neuro.store import open_store, write_recording  # noqa: E402
 from cst_neuro.train import fit  # noqa: E402
-from napari_plugin._scrubber import Scrubber, main_window  # noqa: E402
+from napari_plugin._scrubber import Scrubber  # noqa: E402
 from napari_plugin._trace_plot import TracePlot  # noqa: E402
 from napari_plugin._widget import WIDGET_NAME  # noqa: E402
 
@@ -190,6 +190,43 @@ def test_scrub_trace_and_export(make_napari_viewer, qtbot, recording, model, tmp
     wait_idle(qtbot, widget)
 
 
+def test_a_new_model_reuses_the_layers_and_the_selection(
+    make_napari_viewer, qtbot, recording, model, tmp_path, tiny_fit_config
+) -> None:
+    """Loading another model for the same recording keeps the three layers (napari runs a
+    full garbage collection per removed layer) and re-plots the selected ROI with it."""
+    viewer, widget = viewer_and_widget(make_napari_viewer, recording)
+    widget.load_model(model)
+    qtbot.waitUntil(lambda: widget.scrubber is not None and widget.scrubber.ready, timeout=TIMEOUT)
+    first, plot = widget.scrubber, widget.plot
+    first.select(first.session.roi_selection(3))
+    qtbot.waitUntil(lambda: plot.trace is not None)
+    wait_idle(qtbot, widget)
+    layers, n_layers = dict(first.layers), len(viewer.layers)
+    other = tmp_path / "other.pt"
+    fit(recording, other, config=tiny_fit_config(seed=1), device="cpu")
+    widget.load_model(other)
+    qtbot.waitUntil(lambda: widget.scrubber is not first, timeout=TIMEOUT)
+    second = widget.scrubber
+    qtbot.waitUntil(lambda: second.ready and second.shown is not None, timeout=TIMEOUT)
+    fresh = Reconstructor.from_checkpoint(other, recording)
+    before = Reconstructor.from_checkpoint(model, recording).predict(plot.trace.times, [3])
+    assert not np.allclose(before, fresh.predict(plot.trace.times, [3]), atol=1e-3)
+    wait_idle(qtbot, widget)  # the trace of the new model, asked for once it was ready
+    assert second.layers == layers and len(viewer.layers) == n_layers  # the same objects
+    step = viewer.dims.current_step[second.time_axis]
+    np.testing.assert_allclose(
+        layers["reconstruction"].data[step],
+        painted(recording, fresh.predict([second.shown.time])[0, :, 0]),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    assert plot.trace.selection == first.selection
+    np.testing.assert_allclose(
+        plot.trace.values, fresh.predict(plot.trace.times, np.array([3]))[:, 0, 0], atol=1e-6
+    )
+
+
 def test_layers_arrive_after_the_constructor_returns(
     make_napari_viewer, qtbot, recording, model
 ) -> None:
@@ -200,12 +237,15 @@ def test_layers_arrive_after_the_constructor_returns(
     session = ScrubSession.from_checkpoint(model, recording, upsample=K)
     n_layers = len(viewer.layers)
 
+    plot = TracePlot()
+    viewer.window.add_dock_widget(plot, area="bottom")  # as the widget does
+
     def repaints() -> bool:
-        return main_window(viewer).updatesEnabled()
+        return plot.window().updatesEnabled()
 
     repaint_on_insert = []  # the window's repaint is held while each layer is added
     viewer.layers.events.inserted.connect(lambda event: repaint_on_insert.append(repaints()))
-    scrubber = Scrubber(viewer, session, TracePlot(), on_error=print)
+    scrubber = Scrubber(viewer, session, plot, on_error=print)
     assert len(viewer.layers) == n_layers and not scrubber.ready and scrubber.time is None
     qtbot.waitUntil(lambda: scrubber.ready)
     assert [la.metadata.get("cst_scrub") for la in viewer.layers][n_layers:] == list(ROLES)
@@ -220,7 +260,7 @@ def test_layers_arrive_after_the_constructor_returns(
     qtbot.wait(50)
     assert len(viewer.layers) == n_layers
 
-    closed_while_held = Scrubber(viewer, session, TracePlot(), on_error=print)
+    closed_while_held = Scrubber(viewer, session, plot, on_error=print)
     closed = []  # a posted event runs before the tick that would release the repaint
 
     def close_soon(event: object) -> None:
@@ -239,6 +279,8 @@ def test_view_command_opens_store_and_model(qtbot, recording, model, tmp_path) -
     try:
         assert widget.scrubber is not None and widget.scrubber.session.upsample == 3
         assert widget.upsample_box.value() == 3
+        assert widget.loss_label.text().startswith("loaded a cst model (")
+        assert widget.status.text() == f"loaded {model}"
         assert widget.recording_box.currentText() == recording.attrs["source_name"]
         assert widget.scrubber.session.held_out.any()  # the store holds the training data
         qtbot.waitUntil(lambda: widget.scrubber.shown is not None)
