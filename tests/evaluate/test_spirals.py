@@ -32,6 +32,25 @@ def test_classic_baselines_match_the_reference_scale(split: spirals.SpiralSplit)
     assert 0.75e-3 < mse["cubic"] < 1.05e-3 and 1.05e-3 < mse["pchip"] < 1.35e-3
 
 
+def test_learned_linear_recovers_an_exactly_linear_family() -> None:
+    """Curves a + b·t + c·t² (per dimension, random per curve): every held-out value is a
+    linear function of the observed ones, so the map fits the test curves almost exactly,
+    with the weakest strength; pure noise leaves it no better than the mean."""
+    rng = np.random.default_rng(0)
+
+    def family(n: int) -> np.ndarray:
+        a, b, c = rng.normal(size=(3, n, 1, 2))
+        t = spirals.T[None, :, None]
+        return a + b * t + c * t**2
+
+    exact = spirals.SpiralSplit(family(300), family(50), family(150))
+    pred, strength = spirals.learned_linear(exact)
+    assert strength == 1e-4 and spirals.held_out_mse(pred, exact.test) < 1e-6
+    noise = spirals.SpiralSplit(*(rng.normal(size=(n, 100, 2)) for n in (300, 50, 150)))
+    pred, _ = spirals.learned_linear(noise)
+    assert spirals.held_out_mse(pred, noise.test) > 0.95
+
+
 @pytest.mark.parametrize("mode", ["cst", "paper"])
 def test_a_short_training_run_reports_finite_scores(split, mode: str) -> None:
     small = spirals.SpiralSplit(split.train[:32], split.val[:8], split.test[:8])
