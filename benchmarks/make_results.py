@@ -218,7 +218,8 @@ def main() -> None:
             key = futures[future]
             result = future.result()
             print(f"{key}: done in {result['job_seconds']:.0f} s", flush=True)
-    write_page(args.cache, args.docs, time.perf_counter() - start, _machine(), args.scale)
+    elapsed = time.perf_counter() - start
+    write_page(args.cache, args.docs, elapsed, _machine(), args.scale, len(todo), args.workers)
 
 
 def _machine() -> str:
@@ -251,7 +252,9 @@ def _verdict(value: float, target: float) -> str:
     return "met" if value <= target else "**not met**"
 
 
-def write_page(cache: Path, docs: Path, seconds: float, machine: str, scale: float) -> None:
+def write_page(
+    cache: Path, docs: Path, seconds: float, machine: str, scale: float, ran: int, workers: int
+) -> None:
     """docs/results.md and docs/figures/ from the cached results."""
     from cst_neuro.evaluate import EvaluationReport
     from cst_neuro.evaluate.report import NAMES, plot_example
@@ -275,9 +278,14 @@ def write_page(cache: Path, docs: Path, seconds: float, machine: str, scale: flo
         "```",
         "",
         f"Measured {time.strftime('%Y-%m-%d')} on {machine}. The {n_jobs} jobs took "
-        f"{job_seconds / 60:.0f} min of wall time in all, run two at a time (about "
-        f"{job_seconds / 120:.0f} min end to end, plus {seconds / 60:.0f} min for this page). "
-        "The machine was shared with other jobs, so wall times are indicative and every "
+        f"{job_seconds / 60:.0f} min of wall time in all, run {workers} at a time; "
+        + (
+            f"this page's run took {seconds / 60:.0f} min end to end. "
+            if ran == n_jobs
+            else f"{ran} of them were run for this page ({seconds / 60:.0f} min end to end), "
+            "the others kept from an earlier run of the same code (`--resume`). "
+        )
+        + "The machine was shared with other jobs, so wall times are indicative and every "
         "model trained within a fixed wall-clock budget.",
         "",
         "Protocol (all tables): time is cut into ten contiguous segments; two are test, one is "

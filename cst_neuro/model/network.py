@@ -29,6 +29,8 @@ Mode "cst" (default) is the paper's idea done right:
   interpolant in time of the query's own channel (`interpolant`): softmax attention, a
   convex combination, cannot express a spline's negative weights and flattens transients
   larger than training showed, while the interpolant passes observed amplitudes through;
+  `readout_rank` > 0 adds a learned signed linear readout of the same samples (`Readout`),
+  weights free in sign as a learned interpolation kernel's are;
 - derivatives of ŷ with respect to the query coordinate are exact at every order: the
   encoding gives the coordinate jet in closed form and `taylor` carries it through the
   decoder (`decode_derivatives`), while the encoder keeps the fast SDPA kernels.
@@ -445,6 +447,7 @@ class CSTConfig:
     latents_per_time: int = 4
     use_sdpa: bool = True  # False forces the hand-written attention everywhere
     interpolant: Interpolant = "none"  # "cst": "linear" = predict a correction to it
+    readout_rank: int = 0  # "cst": > 0 adds a signed linear readout of own-channel samples
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -479,6 +482,10 @@ class CSTConfig:
                 "CSTConfig.interpolant with latents needs identities (n_ids > 0) to find "
                 "each query's channel"
             )
+        if self.readout_rank < 0:
+            raise ValueError(f"CSTConfig.readout_rank must be 0 or more, got {self.readout_rank}")
+        if self.readout_rank and self.interpolant == "none":
+            raise ValueError("CSTConfig.readout_rank needs an interpolant (it reads the same keys)")
         scale = self.fourier_scale
         if isinstance(scale, tuple) and len(scale) != self.coord_dims:
             raise ValueError(
@@ -577,6 +584,39 @@ def channel_table(ids: Tensor, mask: Tensor | None, n_ids: int) -> tuple[Tensor,
     return table[:, :n_ids], valid[:, :n_ids]
 
 
+class Readout(nn.Module):
+    """A signed linear readout of the query's own-channel samples: Σ_j w_qj · y_j.
+
+    Softmax attention weights are positive and sum to one; a spline's or a Wiener filter's
+    weights are not. Here w_qj = ⟨a(x_q), b(t_j)⟩ (one per pair of value entries) from the
+    decoder's final state x_q and the key's time embedding, unnormalised and free in sign,
+    a rank-`rank` bilinear form. Linear in x_q, so its Taylor jet is the jet of a(x_q)
+    contracted with the (constant) keys. The query map starts at zero: the readout adds
+    nothing until training finds a use for it.
+    """
+
+    def __init__(self, d_model: int, value_dim: int, rank: int) -> None:
+        super().__init__()
+        self.value_dim, self.rank = value_dim, rank
+        self.query = nn.Linear(d_model, value_dim * value_dim * rank, bias=False)
+        self.key = nn.Linear(d_model, rank)
+        nn.init.zeros_(self.query.weight)
+
+    def keys(self, key_embedding: Tensor) -> Tensor:
+        """(B, Q or 1, M, rank) from the keys' coordinate embeddings (B, Q or 1, M, D)."""
+        return self.key(key_embedding)
+
+    def forward(self, x: Tensor, keys: Tensor, values: Tensor, valid: Tensor) -> Tensor:
+        """Jet (K+1, B, Q, V) from the state jet x (K+1, B, Q, D), keys (B, Q or 1, M, r),
+        values (B, Q or 1, M, V) and which keys are real (B, Q or 1, M)."""
+        K1, B, Q = x.shape[:3]
+        V, r = self.value_dim, self.rank
+        a = F.linear(x, self.query.weight).view(K1, B, Q, V, V, r)
+        keys = (keys * valid[..., None].to(keys.dtype)).expand(B, Q, -1, r)
+        weights = torch.einsum("kbqvur,bqmr->kbqmvu", a, keys)
+        return torch.einsum("kbqmvu,bqmu->kbqv", weights, values.expand(B, Q, -1, V))
+
+
 def _by_query(t: Tensor, ids: Tensor) -> Tensor:
     """Rows of a per-channel table (Bt, n_ids, ...), Bt ∈ {1, B}, for ids (B, Q): (B, Q, ...)."""
     B, Q = ids.shape
@@ -656,6 +696,9 @@ class CST(nn.Module):
             self.head: nn.Module = nn.Linear(D, config.value_dim)
             if config.interpolant != "none":  # learned: noisy samples call for less of it
                 self.interpolant_gain = nn.Parameter(torch.ones(config.value_dim))
+            self.readout: Readout | None = None
+            if config.readout_rank:
+                self.readout = Readout(D, config.value_dim, config.readout_rank)
         else:
             self.coord_embed = nn.Linear(C, D)  # the release's Linear(3 -> dim) on coordinates
             self.ln_embed = nn.LayerNorm(D, eps=1e-12)
@@ -939,10 +982,19 @@ class CST(nn.Module):
             if context.ids is not None and ids is not None:
                 key_valid = key_valid & (context.ids[:, None, :] == ids[..., None])
         along = None if direction is None else direction[..., 0]
+        key_values = key_values.to(out.dtype)
         base = interpolant.linear_jet(
-            coords[..., 0], key_times, key_values.to(out.dtype), key_valid, order, along
+            coords[..., 0], key_times, key_values, key_valid, order, along
         )
-        return out + base * self.interpolant_gain
+        out = out + base * self.interpolant_gain
+        if self.readout is not None:
+            if cache is not None:  # once per channel, then per query
+                keys = self.readout.keys(self.coord_embed(cache.coords.to(out.dtype)))
+                keys = _by_query(keys, ids)  # type: ignore[arg-type]
+            else:
+                keys = self.readout.keys(self.coord_embed(context.coords[:, None].to(out.dtype)))
+            out = out + self.readout(x, keys, key_values, key_valid)
+        return out
 
     # ---- modes "paper" and "transformer" ------------------------------------------------
 

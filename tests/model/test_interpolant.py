@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from cst_neuro.model import CST, CSTConfig
 from cst_neuro.model.interpolant import linear_jet
+from cst_neuro.model.network import Readout
 
 from ._helpers import make_tokens, tiny_config
 
@@ -101,3 +102,27 @@ def test_config_refuses_what_it_cannot_serve() -> None:
         tiny_config(mode="paper", interpolant="linear")
     with pytest.raises(ValueError, match="needs identities"):
         CSTConfig(value_dim=16, n_ids=0, interpolant="linear")
+    with pytest.raises(ValueError, match="readout_rank needs an interpolant"):
+        tiny_config(readout_rank=4)
+
+
+def test_readout_is_a_signed_sum_over_valid_keys() -> None:
+    """Σ_j ⟨a(x_q)_{v,u}, b_j⟩ · y_j[u] over the real keys, for every jet coefficient."""
+    torch.manual_seed(0)
+    readout = Readout(d_model=6, value_dim=2, rank=3).double()
+    torch.nn.init.normal_(readout.query.weight)
+    x = torch.randn(3, 2, 4, 6, dtype=torch.float64)  # (K+1, B, Q, D)
+    keys = torch.randn(2, 1, 5, 3, dtype=torch.float64)  # shared by the queries
+    values = torch.randn(2, 1, 5, 2, dtype=torch.float64)
+    valid = torch.rand(2, 4, 5) > 0.4  # per query
+    out = readout(x, keys, values, valid)
+    a = (x @ readout.query.weight.T).view(3, 2, 4, 2, 2, 3)
+    for k, b, q, v in np.ndindex(3, 2, 4, 2):
+        expected = sum(
+            float(a[k, b, q, v, u] @ keys[b, 0, j]) * float(values[b, 0, j, u])
+            for j in range(5)
+            if valid[b, q, j]
+            for u in range(2)
+        )
+        assert float(out[k, b, q, v]) == pytest.approx(expected, abs=1e-12)
+    assert (Readout(6, 2, 3).double()(x, keys, values, valid) == 0).all()  # starts at zero

@@ -38,14 +38,30 @@ def _direction(coords: Tensor, axis: int) -> Tensor:
     return u
 
 
+READOUT = {"interpolant": "linear", "readout_rank": 3}
+
+
 @pytest.mark.parametrize(
-    ("layout", "axis", "latents", "order"),
-    [("roi", 0, 4, 4), ("roi", 2, 4, 3), ("patches", 1, 0, 3), ("spirals", 0, 0, 3)],
+    ("layout", "axis", "latents", "order", "extra"),
+    [
+        ("roi", 0, 4, 4, {}),
+        ("roi", 2, 4, 3, {}),
+        ("patches", 1, 0, 3, {}),
+        ("spirals", 0, 0, 3, {}),
+        ("roi", 0, 4, 3, READOUT),
+        ("spirals", 0, 0, 3, READOUT),
+    ],
 )
 def test_derivatives_equal_nested_autograd_through_decode(
-    layout: str, axis: int, latents: int, order: int, primitive_layer_norm: None
+    layout: str, axis: int, latents: int, order: int, extra: dict, primitive_layer_norm: None
 ) -> None:
-    model, values, coords, ids, query_coords, query_ids = _setup(layout, n_latent_times=latents)
+    model, values, coords, ids, query_coords, query_ids = _setup(
+        layout, n_latent_times=latents, **extra
+    )
+    if model.readout is not None:  # it starts at zero
+        torch.nn.init.normal_(
+            model.readout.query.weight, generator=torch.Generator().manual_seed(3)
+        )
     mask = torch.ones(values.shape[:2], dtype=torch.bool)
     mask[0, -3:] = False  # a padded context when there are no latents
     context = model.encode(values, coords, ids, mask)
