@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from cst_neuro._cli.common import handle_errors
+from cst_neuro._cli.common import comma_list, handle_errors
 from cst_neuro.demo import DemoConfig
 
 EXIT_SOME_FAILED = 1
@@ -38,7 +38,7 @@ def batch(
     from cst_neuro.batch import BatchSettings, run_batch
 
     settings = BatchSettings.from_toml(config) if config else BatchSettings()
-    chosen = [s.strip() for s in steps.split(",") if s.strip()]
+    chosen = comma_list(steps)
     report = run_batch(
         inputs,
         outdir,

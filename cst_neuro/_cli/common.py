@@ -17,6 +17,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 EXIT_BAD_INPUT = 2
 
 
+def comma_list(text: str) -> list[str]:
+    """The non-empty, stripped items of a comma-separated option ("a, b,,c" -> a, b, c)."""
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
 def fail(message: str) -> typer.Exit:
     """Print one ``error:`` line to stderr and return the exit to raise (code 2)."""
     _end_progress_bars()

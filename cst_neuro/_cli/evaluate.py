@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from cst_neuro._cli.common import fail, handle_errors
+from cst_neuro._cli.common import comma_list, fail, handle_errors
 
 
 class TaskName(StrEnum):
@@ -59,7 +59,7 @@ def evaluate(
             for f in dataclasses.fields(FitConfig)
             if getattr(given, f.name) != getattr(defaults, f.name)
         }
-    chosen = None if methods is None else [m.strip() for m in methods.split(",") if m.strip()]
+    chosen = None if methods is None else comma_list(methods)
     report = evaluate_store(
         store,
         task=task.value,
