@@ -591,8 +591,8 @@ class Readout(nn.Module):
     weights are not. Here w_qj = ⟨a(x_q), b(t_j)⟩ (one per pair of value entries) from the
     decoder's final state x_q and the key's time embedding, unnormalised and free in sign,
     a rank-`rank` bilinear form. Linear in x_q, so its Taylor jet is the jet of a(x_q)
-    contracted with the (constant) keys. The query map starts at zero: the readout adds
-    nothing until training finds a use for it.
+    contracted with the (constant) keys. Initialised like every linear layer of the
+    network (normal, sd 0.02), so it starts as a small term.
     """
 
     def __init__(self, d_model: int, value_dim: int, rank: int) -> None:
@@ -600,7 +600,6 @@ class Readout(nn.Module):
         self.value_dim, self.rank = value_dim, rank
         self.query = nn.Linear(d_model, value_dim * value_dim * rank, bias=False)
         self.key = nn.Linear(d_model, rank)
-        nn.init.zeros_(self.query.weight)
 
     def keys(self, key_embedding: Tensor) -> Tensor:
         """(B, Q or 1, M, rank) from the keys' coordinate embeddings (B, Q or 1, M, D)."""

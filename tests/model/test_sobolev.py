@@ -58,7 +58,7 @@ def test_derivatives_equal_nested_autograd_through_decode(
     model, values, coords, ids, query_coords, query_ids = _setup(
         layout, n_latent_times=latents, **extra
     )
-    if model.readout is not None:  # it starts at zero
+    if model.readout is not None:  # as large as the other terms (it starts small)
         torch.nn.init.normal_(
             model.readout.query.weight, generator=torch.Generator().manual_seed(3)
         )
