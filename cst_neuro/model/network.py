@@ -29,8 +29,10 @@ Mode "cst" (default) is the paper's idea done right:
   interpolant in time of the query's own channel (`interpolant`): softmax attention, a
   convex combination, cannot express a spline's negative weights and flattens transients
   larger than training showed, while the interpolant passes observed amplitudes through;
-  `readout_rank` > 0 adds a learned signed linear readout of the same samples (`Readout`),
-  weights free in sign as a learned interpolation kernel's are;
+  its gain is learned, globally and (`channel_gain`, fit's default) per channel: noisier
+  channels call for less of it; `readout_rank` > 0 adds a learned signed linear readout
+  of the same samples (`Readout`), weights free in sign as a learned interpolation
+  kernel's are;
 - derivatives of ŷ with respect to the query coordinate are exact at every order: the
   encoding gives the coordinate jet in closed form and `taylor` carries it through the
   decoder (`decode_derivatives`), while the encoder keeps the fast SDPA kernels.
@@ -448,6 +450,7 @@ class CSTConfig:
     use_sdpa: bool = True  # False forces the hand-written attention everywhere
     interpolant: Interpolant = "none"  # "cst": "linear" = predict a correction to it
     readout_rank: int = 0  # "cst": > 0 adds a signed linear readout of own-channel samples
+    channel_gain: bool = False  # "cst" with ids: the interpolant's gain also learned per channel
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -695,6 +698,9 @@ class CST(nn.Module):
             self.head: nn.Module = nn.Linear(D, config.value_dim)
             if config.interpolant != "none":  # learned: noisy samples call for less of it
                 self.interpolant_gain = nn.Parameter(torch.ones(config.value_dim))
+            self.channel_gain: nn.Embedding | None = None
+            if config.channel_gain and config.n_ids and config.interpolant != "none":
+                self.channel_gain = nn.Embedding(config.n_ids, config.value_dim)
             self.readout: Readout | None = None
             if config.readout_rank:
                 self.readout = Readout(D, config.value_dim, config.readout_rank)
@@ -707,6 +713,8 @@ class CST(nn.Module):
             self.head = PaperHead(config)
 
         self.apply(self._init_weights)
+        if cst and self.channel_gain is not None:
+            nn.init.zeros_(self.channel_gain.weight)
         if cst:
             # inputs are data, not hidden states: unit-variance embeddings of unit-variance inputs
             for layer in (self.value_embed, self.coord_embed.proj):
@@ -985,7 +993,10 @@ class CST(nn.Module):
         base = interpolant.linear_jet(
             coords[..., 0], key_times, key_values, key_valid, order, along
         )
-        out = out + base * self.interpolant_gain
+        gain = self.interpolant_gain
+        if self.channel_gain is not None and ids is not None:
+            gain = gain + self.channel_gain(ids)
+        out = out + base * gain
         if self.readout is not None:
             if cache is not None:  # once per channel, then per query
                 keys = self.readout.keys(self.coord_embed(cache.coords.to(out.dtype)))

@@ -65,18 +65,30 @@ def test_a_channel_without_observations_gets_zero() -> None:
     assert jet[:, 0, 1, 0].tolist() == [0.0, 0.0]
 
 
-@pytest.mark.parametrize("layout", ["roi", "spirals"])
-def test_a_zero_head_predicts_the_interpolant_of_its_own_channel(layout: str) -> None:
-    """ROIs use the latents' token cache; the spirals' decoder reads the tokens directly."""
+@pytest.mark.parametrize(
+    ("layout", "per_channel"), [("roi", False), ("roi", True), ("spirals", False)]
+)
+def test_a_zero_head_predicts_the_interpolant_of_its_own_channel(
+    layout: str, per_channel: bool
+) -> None:
+    """ROIs use the latents' token cache; the spirals' decoder reads the tokens directly.
+    With a per-channel gain (zero at first), channel 2's interpolant counts twice."""
     latents = 4 if layout == "roi" else 0
-    config = tiny_config(layout, interpolant="linear", n_latent_times=latents)
+    config = tiny_config(
+        layout, interpolant="linear", n_latent_times=latents, channel_gain=per_channel
+    )
     torch.manual_seed(0)
     model = CST(config).double().eval()
     torch.nn.init.zeros_(model.head.weight)
     torch.nn.init.zeros_(model.head.bias)
+    if per_channel:
+        assert (model.channel_gain.weight == 0).all()
+        with torch.no_grad():
+            model.channel_gain.weight[2] = 1.0
     values, coords, ids = make_tokens(config, B=2, N=40, dtype=torch.float64)
     query_coords = torch.rand(2, 6, config.coord_dims, dtype=torch.float64)
     query_ids = ids[:, :6] if ids is not None else None
+    assert not per_channel or (query_ids == 2).any()
     with torch.no_grad():
         context = model.encode(values, coords, ids)
         out = model.decode(context, query_coords, query_ids)
@@ -86,8 +98,9 @@ def test_a_zero_head_predicts_the_interpolant_of_its_own_channel(layout: str) ->
             own = slice(None) if ids is None else (ids[b] == query_ids[b, q]).numpy()
             t, v = coords[b, :, 0].numpy()[own], values[b].numpy()[own]
             order = np.argsort(t)
+            gain = 2.0 if per_channel and query_ids[b, q] == 2 else 1.0
             expected = [
-                np.interp(query_coords[b, q, 0].item(), t[order], v[order, d])
+                gain * np.interp(query_coords[b, q, 0].item(), t[order], v[order, d])
                 for d in range(config.value_dim)
             ]
             np.testing.assert_allclose(out[b, q].numpy(), expected, atol=1e-12)
