@@ -13,19 +13,18 @@ each (shader compilation), so attaching is a chain of timer ticks, with input an
 events served in between: add each layer hidden, show each, then ask for the first frame;
 the scrubber is ``ready`` once all layers are in. While a layer is added, the repaint of
 the window that holds the trace plot (the viewer's, once the plot is docked) is held until
-the next tick (the first 3-D layer also creates the time
-slider, whose layout change would otherwise repaint the whole window in the same turn).
-A scrubber for a new model takes over the previous one's layers (``detach``; napari runs
-a full garbage collection for each layer it removes).
-The time readout goes to a callback (the widget's label), not to a canvas text overlay:
-vispy renders each new glyph on the CPU, ~150 ms for the first readout under software
-OpenGL. A click on an image (or picking a label in the recording's ROI labels layer)
-selects an ROI or grid pixel for the trace plot.
+the next tick: the first 3-D layer also creates the time slider, whose layout change would
+otherwise repaint the whole window in the same turn. A scrubber for a new model takes
+over the previous one's layers (``detach``; napari runs a full garbage collection for each
+layer it removes). The time readout goes to a callback (the widget's label), not to a
+canvas text overlay: vispy renders each new glyph on the CPU, ~150 ms for the first
+readout under software OpenGL. A click on an image (or picking a label in the recording's
+ROI labels layer) selects an ROI or grid pixel for the trace plot.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -91,10 +90,9 @@ class Scrubber:
         *,
         on_error: Callable[[Exception], None],
         on_readout: Callable[[str], None] | None = None,
-        reuse: dict[str, Layer] | None = None,
+        reuse: Iterable[Layer] = (),
     ) -> None:
         self.viewer, self.session, self.plot = viewer, session, plot
-        self._reuse = dict(reuse or {})  # a previous scrubber's layers (``detach``), by role
         self.on_readout = on_readout
         self.readout = ""  # the time shown, e.g. "t = 1.2500 s (frame 37 +0.50)"
         self.shown: Frames | None = None  # the frames on screen
@@ -105,9 +103,11 @@ class Scrubber:
         self._traces = LatestOnly(lambda a: session.trace(*a), self._show_trace, on_error)
         self.layers: dict[str, Layer] = {}
         self._closed = self._ready = False
-        self._held: Any = None  # the main window while its repaint is held
+        self._held: Any = None  # the window whose repaint is held
         layers, self._buffers = scrub_layers(session)
         self._pending = [(data, kwargs) for data, kwargs, _ in layers]  # layers still to add
+        # a previous scrubber's layers (``detach``), by role
+        self._reuse = {layer.metadata["cst_scrub"]: layer for layer in reuse}
         self._labels_layers: list[Labels] = []
         viewer.dims.events.point.connect(self._on_point)
         viewer.mouse_drag_callbacks.append(self._on_click)
@@ -138,22 +138,17 @@ class Scrubber:
         hidden = next((layer for layer in self.layers.values() if not layer.visible), None)
         if self._held is not None:
             self._release_window()
-        elif (reused := self._reusable()) is not None:
-            data, kwargs = self._pending.pop(0)
-            _point(reused, data, kwargs)
-            self.layers[kwargs["metadata"]["cst_scrub"]] = reused
-        elif self._reuse:  # left over (another frame dimensionality): removed, one per tick
-            self.viewer.layers.remove(self._reuse.popitem()[1])
         elif self._pending:
             data, kwargs = self._pending.pop(0)
-            self._held = self.plot.window()  # napari's main window once the plot is docked
-            self._held.setUpdatesEnabled(False)
-            try:
-                layer = self.viewer.add_image(data, visible=False, **kwargs)
-            except Exception:
-                self._release_window()
-                raise
-            self.layers[layer.metadata["cst_scrub"]] = layer
+            role = kwargs["metadata"]["cst_scrub"]
+            layer = self._reuse.pop(role, None)
+            if layer is not None and layer in self.viewer.layers and layer.ndim == data.ndim:
+                _point(layer, data, kwargs)
+            else:
+                if layer is not None and layer in self.viewer.layers:  # frames of another ndim
+                    self.viewer.layers.remove(layer)
+                layer = self._add_hidden(data, kwargs)
+            self.layers[role] = layer
         elif hidden is not None:
             hidden.visible = True
         else:
@@ -164,18 +159,15 @@ class Scrubber:
             return
         QTimer.singleShot(LAYER_DELAY_MS, self._attach_step)
 
-    def _reusable(self) -> Layer | None:
-        """The previous scrubber's layer that can show the next pending one, if any."""
-        if not self._pending:
-            return None
-        data, kwargs = self._pending[0]
-        layer = self._reuse.pop(kwargs["metadata"]["cst_scrub"], None)
-        if layer is None or layer not in self.viewer.layers:
-            return None
-        if layer.ndim != data.ndim:
-            self._reuse[kwargs["metadata"]["cst_scrub"]] = layer  # to be removed
-            return None
-        return layer
+    def _add_hidden(self, data: np.ndarray, kwargs: dict[str, Any]) -> Layer:
+        """A new hidden layer, with the window's repaint held until the next tick."""
+        self._held = self.plot.window()  # napari's main window once the plot is docked
+        self._held.setUpdatesEnabled(False)
+        try:
+            return self.viewer.add_image(data, visible=False, **kwargs)
+        except Exception:
+            self._release_window()
+            raise
 
     @property
     def time_axis(self) -> int:
@@ -286,10 +278,10 @@ class Scrubber:
             self._held.setUpdatesEnabled(True)
             self._held = None
 
-    def detach(self) -> dict[str, Layer]:
-        """Disconnect from the viewer and hand over the layers, by role, for the next
-        scrubber to reuse: napari runs a full garbage collection for each layer it
-        removes (~0.3 s each in a process that holds torch and a model)."""
+    def detach(self) -> list[Layer]:
+        """Disconnect from the viewer and hand over the layers for the next scrubber to
+        reuse: napari runs a full garbage collection for each layer it removes (~0.3 s
+        each in a process that holds torch and a model)."""
         self._closed, self._ready, self._pending = True, False, []
         self._release_window()
         self.viewer.dims.events.point.disconnect(self._on_point)
@@ -297,20 +289,20 @@ class Scrubber:
             self.viewer.mouse_drag_callbacks.remove(self._on_click)
         for layer in self._labels_layers:
             layer.events.selected_label.disconnect(self._on_label)
-        layers = {**self._reuse, **self.layers}
+        layers = [*self._reuse.values(), *self.layers.values()]
         self.layers, self._reuse = {}, {}
         return layers
 
     def close(self) -> None:
         """Disconnect from the viewer and remove the session's layers."""
-        for layer in self.detach().values():
+        for layer in self.detach():
             if layer in self.viewer.layers:
                 self.viewer.layers.remove(layer)
 
 
 def _point(layer: Layer, data: np.ndarray, kwargs: dict[str, Any]) -> None:
-    """Show new scrubbing data (another K or session) in an existing layer of the same
-    dimensionality: far cheaper than a new layer (no Qt controls, vispy node or removal)."""
+    """Show new scrubbing data (another K or session) in an existing scrubbing layer: far
+    cheaper than a new layer (no Qt controls, vispy node or removal)."""
     layer.metadata = kwargs["metadata"]
     layer.data = data
     for key in ("name", "scale", "translate", "contrast_limits"):

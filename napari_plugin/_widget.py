@@ -280,9 +280,8 @@ class CSTWidget(QWidget):
     def use_session(self, session: ScrubSession) -> None:
         """Scrub ``session`` in the viewer (replacing any previous one, in its layers) with a
         trace plot; the plotted ROI stays selected when the recording is the same."""
-        old, reuse = self.scrubber, {}
-        if old is not None:
-            reuse = old.detach()
+        old = self.scrubber
+        reuse = [] if old is None else old.detach()
         if self._plot_dock is None:
             self._plot_dock = self.viewer.window.add_dock_widget(
                 self.plot, area="bottom", name="CST trace"
