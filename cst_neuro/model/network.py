@@ -602,11 +602,7 @@ class Readout(nn.Module):
         super().__init__()
         self.value_dim, self.rank = value_dim, rank
         self.query = nn.Linear(d_model, value_dim * value_dim * rank, bias=False)
-        self.key = nn.Linear(d_model, rank)
-
-    def keys(self, key_embedding: Tensor) -> Tensor:
-        """(B, Q or 1, M, rank) from the keys' coordinate embeddings (B, Q or 1, M, D)."""
-        return self.key(key_embedding)
+        self.key = nn.Linear(d_model, rank)  # from a key's time embedding
 
     def forward(self, x: Tensor, keys: Tensor, values: Tensor, valid: Tensor) -> Tensor:
         """Jet (K+1, B, Q, V) from the state jet x (K+1, B, Q, D), keys (B, Q or 1, M, r),
@@ -999,10 +995,10 @@ class CST(nn.Module):
         out = out + base * gain
         if self.readout is not None:
             if cache is not None:  # once per channel, then per query
-                keys = self.readout.keys(self.coord_embed(cache.coords.to(out.dtype)))
+                keys = self.readout.key(self.coord_embed(cache.coords.to(out.dtype)))
                 keys = _by_query(keys, ids)  # type: ignore[arg-type]
             else:
-                keys = self.readout.keys(self.coord_embed(context.coords[:, None].to(out.dtype)))
+                keys = self.readout.key(self.coord_embed(context.coords[:, None].to(out.dtype)))
             out = out + self.readout(x, keys, key_values, key_valid)
         return out
 
