@@ -392,133 +392,111 @@ def fit(
     model so far. With ``overwrite=False`` an ``output`` that appears meanwhile (another
     process) is left as is and the run ends in an OutputError.
     """
+    config = config or FitConfig()
+    output = Path(output)
     with _process_group() as (rank, world):
-        return _fit(
+        dev = resolve_device(device)
+        if dev.type == "cuda" and world > 1:
+            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.manual_seed(config.seed + rank)
+        torch.use_deterministic_algorithms(dev.type == "cpu", warn_only=True)
+
+        split = TimeSplit.blocks(
+            ds.sizes["time"],
+            val_fraction=config.val_fraction,
+            block_frames=config.val_block,
+            seed=config.seed,
+        )
+        allowed = split.train & np.asarray(ds["valid"].values, bool)
+        windows = ChannelWindows(
             ds,
-            Path(output),
-            config or FitConfig(),
-            device,
-            resume,
-            progress,
-            callback,
-            overwrite,
-            rank,
-            world,
+            var=config.var,
+            window=config.window,
+            patch=config.patch,
+            allowed=allowed,
+            memory_budget=config.memory_budget,
         )
+        fingerprint = data_fingerprint(windows.values)
+        model_config = auto_model_config(windows, config)
+        model = CST(model_config).to(dev)
+        step_module: nn.Module = TrainStep(model, config)
+        if world > 1:
+            from torch.nn.parallel import DistributedDataParallel
 
-
-def _fit(
-    ds: xr.Dataset,
-    output: Path,
-    config: FitConfig,
-    device: str,
-    resume: bool,
-    progress: bool,
-    callback: Callable[[int, dict[str, float]], bool | None] | None,
-    overwrite: bool,
-    rank: int,
-    world: int,
-) -> FitResult:
-    dev = resolve_device(device)
-    if dev.type == "cuda" and world > 1:
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    torch.manual_seed(config.seed + rank)
-    torch.use_deterministic_algorithms(dev.type == "cpu", warn_only=True)
-
-    split = TimeSplit.blocks(
-        ds.sizes["time"],
-        val_fraction=config.val_fraction,
-        block_frames=config.val_block,
-        seed=config.seed,
-    )
-    allowed = split.train & np.asarray(ds["valid"].values, bool)
-    windows = ChannelWindows(
-        ds,
-        var=config.var,
-        window=config.window,
-        patch=config.patch,
-        allowed=allowed,
-        memory_budget=config.memory_budget,
-    )
-    fingerprint = data_fingerprint(windows.values)
-    model_config = auto_model_config(windows, config)
-    model = CST(model_config).to(dev)
-    step_module: nn.Module = TrainStep(model, config)
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        step_module = DistributedDataParallel(
-            step_module, device_ids=[dev.index] if dev.type == "cuda" else None
+            step_module = DistributedDataParallel(
+                step_module, device_ids=[dev.index] if dev.type == "cuda" else None
+            )
+        optimizer = torch.optim.AdamW(
+            model.parameters(), lr=config.lr, weight_decay=config.weight_decay
         )
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
-    )
-    rng = np.random.default_rng([config.seed, rank])
-    gen = torch.Generator(device=dev).manual_seed(config.seed * 1000 + rank)
-    state = {"epoch": 0, "best_val": math.inf, "bad_epochs": 0, "history": [], "best": None}
-    if resume:
-        state = _resume(output, model, optimizer, rng, gen, fingerprint, rank)
-    elif partial_path(output).exists() and rank == 0:
-        log.warning("%s: starting afresh; pass --resume to continue it", partial_path(output))
+        rng = np.random.default_rng([config.seed, rank])
+        gen = torch.Generator(device=dev).manual_seed(config.seed * 1000 + rank)
+        state = {"epoch": 0, "best_val": math.inf, "bad_epochs": 0, "history": [], "best": None}
+        if resume:
+            state = _resume(output, model, optimizer, rng, gen, fingerprint, rank)
+        elif partial_path(output).exists() and rank == 0:
+            log.warning("%s: starting afresh; pass --resume to continue it", partial_path(output))
 
-    starts = np.flatnonzero(
-        np.convolve(allowed, np.ones(config.window), "valid") >= 2
-    )  # windows with at least two training frames
-    if starts.size == 0:
-        raise InputError(ds.attrs.get("source_name"), "no window has two training frames")
-    deadline = time.monotonic() + 60.0 * config.max_minutes
-    stopped = "max-epochs"
-    bar = _progress(config, state["epoch"], enabled=progress and rank == 0)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else None
-    while state["epoch"] < config.max_epochs:
-        losses = []
-        for _ in range(config.steps_per_epoch):
-            ctx, qry = (t.to(dev) for t in sample_batch(windows, starts, config, rng))
-            optimizer.zero_grad(set_to_none=True)
-            if autocast is not None:
-                with autocast:
+        starts = np.flatnonzero(
+            np.convolve(allowed, np.ones(config.window), "valid") >= 2
+        )  # windows with at least two training frames
+        if starts.size == 0:
+            raise InputError(ds.attrs.get("source_name"), "no window has two training frames")
+        deadline = time.monotonic() + 60.0 * config.max_minutes
+        stopped = "max-epochs"
+        bar = _progress(config, state["epoch"], enabled=progress and rank == 0)
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else None
+        while state["epoch"] < config.max_epochs:
+            losses = []
+            for _ in range(config.steps_per_epoch):
+                ctx, qry = (t.to(dev) for t in sample_batch(windows, starts, config, rng))
+                optimizer.zero_grad(set_to_none=True)
+                if autocast is not None:
+                    with autocast:
+                        loss = step_module(ctx, qry, gen)
+                else:
                     loss = step_module(ctx, qry, gen)
-            else:
-                loss = step_module(ctx, qry, gen)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            losses.append(loss.detach().item())
-        state["epoch"] += 1
-        stop = _end_of_epoch(
-            state, model, windows, split.val, config, dev, float(np.mean(losses)), rank, world
-        )
-        out_of_time = _agree(time.monotonic() > deadline, world)
-        state["rng"] = _gather_rng(_rng_state(rng, gen), world)
-        cancel = False
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                losses.append(loss.detach().item())
+            state["epoch"] += 1
+            stop = _end_of_epoch(
+                state, model, windows, split.val, config, dev, float(np.mean(losses)), rank, world
+            )
+            out_of_time = _agree(time.monotonic() > deadline, world)
+            state["rng"] = _gather_rng(_rng_state(rng, gen), world)
+            cancel = False
+            if rank == 0:
+                _save_progress(output, model, optimizer, model_config, config, state, fingerprint)
+                if callback is not None:
+                    cancel = bool(callback(state["epoch"], state["history"][-1]))
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(
+                        loss=f"{state['history'][-1]['train']:.4f}",
+                        val=f"{state['history'][-1]['val']:.4f}",
+                    )
+            if _agree(cancel, world):
+                stopped = "cancelled"
+                break
+            if stop:
+                stopped = "early-stopping"
+                break
+            if out_of_time:
+                stopped = "max-minutes"
+                break
+        if bar is not None:
+            bar.close()
+        if state["best"] is None:  # no epoch finished (max_epochs=0): keep what there is
+            state["best"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        result = FitResult(output, state["epoch"], state["best_val"], state["history"], stopped)
         if rank == 0:
-            _save_progress(output, model, optimizer, model_config, config, state, fingerprint)
-            if callback is not None:
-                cancel = bool(callback(state["epoch"], state["history"][-1]))
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(
-                    loss=f"{state['history'][-1]['train']:.4f}",
-                    val=f"{state['history'][-1]['val']:.4f}",
-                )
-        if _agree(cancel, world):
-            stopped = "cancelled"
-            break
-        if stop:
-            stopped = "early-stopping"
-            break
-        if out_of_time:
-            stopped = "max-minutes"
-            break
-    if bar is not None:
-        bar.close()
-    if state["best"] is None:  # no epoch finished (max_epochs=0): keep what there is
-        state["best"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    result = FitResult(output, state["epoch"], state["best_val"], state["history"], stopped)
-    if rank == 0:
-        _save_final(output, model_config, config, state, windows, split, fingerprint, ds, overwrite)
-        partial_path(output).unlink(missing_ok=True)
-    return result
+            _save_final(
+                output, model_config, config, state, windows, split, fingerprint, ds, overwrite
+            )
+            partial_path(output).unlink(missing_ok=True)
+        return result
 
 
 def _end_of_epoch(
