@@ -93,6 +93,29 @@ def test_resume_without_a_partial_run_is_an_error(recording, tmp_path: Path) -> 
         fit(recording, tmp_path / "m.pt", config=tiny_config(), resume=True)
 
 
+def test_a_long_epoch_ends_at_the_time_budget(
+    recording, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A budget shorter than one epoch is kept: the epoch ends early and is validated.
+
+    The clock is fake (one second per reading), so the test does not depend on speed."""
+    clock = iter(range(10**6))
+    monkeypatch.setattr(train_module.time, "monotonic", lambda: float(next(clock)))
+    steps = []
+    sample = train_module.sample_batch
+
+    def counted(*args, **kw):
+        steps.append(1)
+        return sample(*args, **kw)
+
+    monkeypatch.setattr(train_module, "sample_batch", counted)
+    config = tiny_config(steps_per_epoch=1000, max_epochs=5, max_minutes=0.1)  # 6 "seconds"
+    result = fit(recording, tmp_path / "m.pt", config=config)
+    assert result.stopped == "max-minutes" and result.epochs == 1
+    assert len(steps) == 7 and len(result.history) == 1  # 6 clock readings after the 1st step
+    assert load_model(tmp_path / "m.pt")[0].config.mode == "cst"
+
+
 class Exploit:
     def __reduce__(self):
         return (os.system, ("touch pwned",))
