@@ -254,7 +254,7 @@ def _pooled(means: list[float], counts: list[float]) -> float:
 
 
 def _ahead(summary: dict[str, float]) -> str:
-    """ "; ahead of transformer and paper" (or behind) where those modes were scored."""
+    """The verdict's suffix: cst ahead of (or behind) the transformer and paper modes."""
     others = [summary[f"{m}_nmse"] for m in ("transformer", "paper") if f"{m}_nmse" in summary]
     if not others or "cst_nmse" not in summary:
         return ""
@@ -458,10 +458,10 @@ def write_page(
                 continue
             s = r.summary()
             ratio = s.get("cst_vs_best_baseline", np.nan)
-            modes = "transformer" in r.methods
+            with_modes = "transformer" in r.methods
             targets.append(
                 f"| zebrafish {r.dataset[-6:-4]}, {r.label}, cst / best baseline | {ratio:.3f} | "
-                f"≤ 0.95{', ahead of transformer and paper' if modes else ''} | "
+                f"≤ 0.95{', ahead of transformer and paper' if with_modes else ''} | "
                 f"{_verdict(ratio, 0.95)}{_ahead(s)} |"
             )
             body += [f"### {r.dataset}: {r.label}", "", r.table(), ""]
