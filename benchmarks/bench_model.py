@@ -27,10 +27,12 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from cst_neuro.data import ChannelWindows
-from cst_neuro.model import CST, CSTConfig
+from cst_neuro.data import ChannelWindows, sample_batch
+from cst_neuro.fit_config import FitConfig
+from cst_neuro.model.cst import CST, CSTConfig
+from cst_neuro.model.modes import get_mode
 from cst_neuro.schema import new_recording
-from cst_neuro.train import FitConfig, TrainStep, sample_batch
+from cst_neuro.train import TrainStep
 
 
 def timed_together(fns, repeats: int) -> list[float]:
@@ -86,12 +88,12 @@ def training_step(mode: str, sobolev_k: int, windows, config_kw, repeats: int):
     """(a function running one training step, tokens per step) for one mode/loss."""
     config = FitConfig(mode=mode, sobolev_k=sobolev_k, **config_kw)
     torch.manual_seed(0)
-    model = CST(
-        CSTConfig(
-            mode=mode, value_dim=1, n_ids=windows.n_channels, n_latent_times=config.window // 2
-        )
-    )
-    step = TrainStep(model, config)
+    spec = get_mode(mode)
+    settings = {"value_dim": 1, "n_ids": windows.n_channels}
+    if mode == "cst":
+        settings["n_latent_times"] = config.window // 2
+    model = spec.build(spec.make_config(settings))
+    step = TrainStep(model, spec, config.sobolev())
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     rng = np.random.default_rng(0)
     starts = windows.starts()
@@ -113,7 +115,7 @@ def model_flops(windows, config_kw) -> tuple[float, int]:
     """FLOPs of one cst training step (forward + backward) and its tokens."""
     config = FitConfig(**config_kw)
     model = CST(CSTConfig(value_dim=1, n_ids=windows.n_channels, n_latent_times=config.window // 2))
-    step = TrainStep(model, config)
+    step = TrainStep(model, get_mode("cst"), config.sobolev())
     ctx, qry = sample_batch(windows, windows.starts(), config, np.random.default_rng(1))
     counter = FlopCounterMode(display=False)
     with counter:

@@ -1,68 +1,265 @@
-"""Model checkpoints: atomic writes, safe loads, and a fingerprint of the training data.
+"""Model checkpoints: one typed `Checkpoint` that saves, loads safely and builds its model.
 
-A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so it loads
-with ``torch.load(weights_only=True)``: opening a checkpoint from a collaborator never
-runs code. Writes go to a temporary sibling and are renamed into place, so a killed
-process leaves either the previous checkpoint or the new one, never half of one; with
-``replace=False`` an existing file (say, another process's model) is never replaced.
-``model_contents`` turns a checkpoint whose structure is damaged (missing or mistyped
-entries, weights that do not fit the model) into an InputError naming the file.
+On disk a checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so it
+loads with ``torch.load(weights_only=True)``: opening a checkpoint from a collaborator never
+runs code. Every entry is checked where it is read (`Checkpoint.load`): a missing or
+mistyped entry, a normaliser of the wrong shape or weights that do not fit the model is an
+InputError naming the file, never a traceback from deep inside torch. Writes go to a
+temporary sibling and are renamed into place, so a killed process leaves either the
+previous checkpoint or the new one, never half of one; with ``replace=False`` an existing
+file (say, another process's model) is never replaced.
+
+Kinds: ``model`` (a fitted model bound to the recording it was fitted to: its normaliser,
+variable and frame split) and ``progress`` (an unfinished fit, with optimiser and RNG
+states for ``fit --resume``). Format version 1 (before the mode registry: the mode inside
+``model_config``, cst-only fields in every mode's config) still loads.
 """
 
 from __future__ import annotations
 
 import errno
-import hashlib
 import io
+import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
-import xarray as xr
+from torch import nn
 
+from cst_neuro.data import Normalizer
 from cst_neuro.errors import CSTNeuroError, InputError, OutputError
+from cst_neuro.fit_config import FitConfig
+from cst_neuro.model.layers import NetworkConfig
+from cst_neuro.model.modes import Mode, get_mode
 from cst_neuro.store import remove_stale, temporary_sibling
 
 FORMAT = "cst-neuro-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+Kind = Literal["model", "progress"]
+KINDS: tuple[str, ...] = ("model", "progress")
 
 
-def save_checkpoint(
-    state: dict[str, Any], path: str | os.PathLike[str], *, replace: bool = True
-) -> Path:
-    """Write ``state`` to ``path`` atomically (fsync, then rename).
+@dataclass(frozen=True)
+class DataBinding:
+    """The recording a model was fitted to: what it models and how its frames were split."""
 
-    With ``replace=False`` the file is linked into place, which fails if ``path`` exists:
-    of two processes writing the same new output, the second gets an OutputError.
+    var: str  # the modelled variable: dff, grid, F
+    layout: str  # "traces" or "grid"
+    patch: int  # p of p×p grid patches (1 for traces)
+    n_channels: int
+    fs: float  # Hz
+    source_name: str
+    fingerprint: str  # `data.data_fingerprint` of the modelled variable
+    train_frames: np.ndarray  # (T,) bool: frames training read
+    val_frames: np.ndarray  # (T,) bool: frames held out for validation
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["train_frames"] = torch.from_numpy(self.train_frames)
+        out["val_frames"] = torch.from_numpy(self.val_frames)
+        return out
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> DataBinding:
+        """Checked: TypeError/ValueError for a wrong type or an inconsistent split."""
+        raw = _table(raw, "data")
+        frames = {k: _frames(raw.get(k), k) for k in ("train_frames", "val_frames")}
+        if frames["train_frames"].shape != frames["val_frames"].shape:
+            raise ValueError("data: train_frames and val_frames differ in length")
+        return cls(
+            var=_typed(raw.get("var"), str, "data.var"),
+            layout=_typed(raw.get("layout"), str, "data.layout"),
+            patch=_count(raw.get("patch"), "data.patch"),
+            n_channels=_count(raw.get("n_channels"), "data.n_channels"),
+            fs=_positive(raw.get("fs"), "data.fs"),
+            source_name=_typed(raw.get("source_name", ""), str, "data.source_name"),
+            fingerprint=_typed(raw.get("fingerprint", ""), str, "data.fingerprint"),
+            **frames,
+        )
+
+
+@dataclass
+class Checkpoint:
+    """A model's weights with everything needed to rebuild, resume or bind it."""
+
+    kind: Kind
+    mode: str
+    model_config: NetworkConfig
+    fit_config: FitConfig
+    state_dict: dict[str, torch.Tensor]
+    normalizer: Normalizer | None = None  # kind "model"
+    data: DataBinding | None = None  # kind "model"
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_val: float = math.inf
+    optimizer: dict[str, Any] | None = None  # kind "progress"
+    train_state: dict[str, Any] | None = None  # kind "progress": epoch, best weights, RNGs
+    data_fingerprint: str = ""  # kind "progress": what `resume` must find again
+
+    @property
+    def spec(self) -> Mode:
+        return get_mode(self.mode)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The on-disk layout: plain data only (``weights_only`` loads it)."""
+        out: dict[str, Any] = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "kind": self.kind,
+            "mode": self.mode,
+            "model_config": _config_dict(self.model_config),
+            "fit_config": self.fit_config.to_dict(),
+            "state_dict": self.state_dict,
+            "history": self.history,
+            "best_val": self.best_val,
+        }
+        if self.normalizer is not None:
+            out["normalizer"] = self.normalizer.to_dict()
+        if self.data is not None:
+            out["data"] = self.data.to_dict()
+        if self.kind == "progress":
+            out.update(
+                optimizer=self.optimizer,
+                train_state=self.train_state,
+                data_fingerprint=self.data_fingerprint,
+            )
+        return out
+
+    def save(self, path: str | os.PathLike[str], *, replace: bool = True) -> Path:
+        """Write atomically (fsync, then rename); ``replace=False`` never replaces a file.
+
+        Without replace the file is linked into place, which fails if ``path`` exists: of
+        two processes writing the same new output, the second gets an OutputError.
+        """
+        path = Path(path)
+        remove_stale(path)
+        tmp = temporary_sibling(path, "tmp")
+        buffer = io.BytesIO()
+        torch.save(self.to_dict(), buffer)  # in memory: torch reports a full disk as RuntimeError
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(buffer.getbuffer())
+                fh.flush()
+                os.fsync(fh.fileno())
+            if replace:
+                os.replace(tmp, path)
+            else:
+                _link_new(tmp, path)
+        except FileExistsError as e:
+            raise OutputError(
+                path, "was created by another process while this one was running; left as is"
+            ) from e
+        except OSError as e:
+            raise OutputError(path, f"cannot write checkpoint ({e.strerror or e})") from e
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Checkpoint:
+        """Load and check a checkpoint without executing code; InputError for anything else."""
+        raw = _read(Path(path))
+        with checked_contents(path):
+            return cls._from_dict(raw, path)
+
+    @classmethod
+    def _from_dict(cls, raw: dict[str, Any], path: str | os.PathLike[str]) -> Checkpoint:
+        version = raw.get("format_version", 0)
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise TypeError(f"format_version must be an integer, got {version!r}")
+        model_config = dict(_table(raw.get("model_config"), "model_config"))
+        mode_name = raw.get("mode") if version >= 2 else model_config.pop("mode", "cst")
+        mode = get_mode(_typed(mode_name, str, "mode"))
+        if version < 2:  # one config held every mode's fields: keep this mode's
+            accepted = {f.name for f in fields(mode.config_type())}
+            model_config = {k: v for k, v in model_config.items() if k in accepted}
+        if isinstance(model_config.get("fourier_scale"), list):
+            model_config["fourier_scale"] = tuple(model_config["fourier_scale"])
+        kind = raw.get("kind")
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+        state_dict = _table(raw.get("state_dict"), "state_dict")
+        if not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+            raise TypeError("state_dict holds something other than tensors")
+        fit_config = FitConfig.from_dict(
+            {**_table(raw.get("fit_config"), "fit_config"), "mode": mode.name},
+            source=path,
+        )
+        normalizer = data = None
+        if kind == "model":
+            data = DataBinding.from_dict(raw.get("data"))
+            normalizer = _normalizer(raw.get("normalizer"), data.n_channels)
+        best_val = raw.get("best_val", math.inf)
+        if isinstance(best_val, bool) or not isinstance(best_val, int | float):
+            raise TypeError(f"best_val must be a number, got {best_val!r}")
+        return cls(
+            kind=kind,
+            mode=mode.name,
+            model_config=mode.make_config(model_config),
+            fit_config=fit_config,
+            state_dict=state_dict,
+            normalizer=normalizer,
+            data=data,
+            history=list(raw.get("history", [])),
+            best_val=float(best_val),
+            optimizer=raw.get("optimizer"),
+            train_state=raw.get("train_state"),
+            data_fingerprint=str(raw.get("data_fingerprint", "")),
+        )
+
+    def build_model(self) -> nn.Module:
+        """The network with these weights, in eval mode on the CPU."""
+        model = self.spec.build(self.model_config)
+        model.load_state_dict(self.state_dict)
+        return model.eval()
+
+
+def load_model(path: str | os.PathLike[str]) -> tuple[nn.Module, Checkpoint]:
+    """A fitted model (eval mode, CPU) and its checkpoint; InputError for anything else."""
+    checkpoint = Checkpoint.load(path)
+    if checkpoint.kind != "model":
+        raise InputError(path, "is an unfinished training checkpoint, not a model")
+    with checked_contents(path):
+        return checkpoint.build_model(), checkpoint
+
+
+@contextmanager
+def checked_contents(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Report a damaged checkpoint structure as an InputError naming ``path``.
+
+    Loading is safe (plain data only), but a hand-made or corrupted checkpoint can still
+    lack entries, hold the wrong types, or carry weights of another shape; building the
+    model from it then fails inside torch or the dataclasses, which is the file's fault.
     """
-    path = Path(path)
-    remove_stale(path)
-    tmp = temporary_sibling(path, "tmp")
-    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, **state}
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)  # in memory: torch reports a full disk as RuntimeError
     try:
-        with open(tmp, "wb") as fh:
-            fh.write(buffer.getbuffer())
-            fh.flush()
-            os.fsync(fh.fileno())
-        if replace:
-            os.replace(tmp, path)
-        else:
-            _link_new(tmp, path)
-    except FileExistsError as e:
-        raise OutputError(
-            path, "was created by another process while this one was running; left as is"
+        yield
+    except CSTNeuroError:
+        raise
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as e:
+        detail = str(e).splitlines()[0][:200] if str(e) else ""
+        raise InputError(
+            path, f"damaged cst-neuro checkpoint ({type(e).__name__}: {detail})"
         ) from e
-    except OSError as e:
-        raise OutputError(path, f"cannot write checkpoint ({e.strerror or e})") from e
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+
+
+def _read(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise InputError(path, "no such checkpoint file")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError...
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise InputError(path, f"not a loadable cst-neuro checkpoint ({reason})") from e
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise InputError(path, "not a cst-neuro checkpoint")
+    version = raw.get("format_version", 0)
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
+        raise InputError(path, "checkpoint is from a newer cst-neuro; upgrade to load it")
+    return raw
 
 
 def _link_new(tmp: Path, path: Path) -> None:
@@ -81,58 +278,51 @@ def _link_new(tmp: Path, path: Path) -> None:
         os.replace(tmp, path)
 
 
-def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Load a checkpoint without executing code; InputError for anything else."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "no such checkpoint file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError...
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise InputError(path, f"not a loadable cst-neuro checkpoint ({reason})") from e
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise InputError(path, "not a cst-neuro checkpoint")
-    if int(state.get("format_version", 0)) > FORMAT_VERSION:
-        raise InputError(path, "checkpoint is from a newer cst-neuro; upgrade to load it")
-    return state
+def _config_dict(config: NetworkConfig) -> dict[str, Any]:
+    return {f.name: getattr(config, f.name) for f in fields(config)}
 
 
-@contextmanager
-def model_contents(path: str | os.PathLike[str]) -> Iterator[None]:
-    """Report a damaged checkpoint structure as an InputError naming ``path``.
-
-    Loading is safe (plain data only), but a hand-made or corrupted checkpoint can still
-    lack entries, hold the wrong types, or carry weights of another shape; building the
-    model from it then fails inside torch or the dataclasses, which is the file's fault.
-    """
-    try:
-        yield
-    except CSTNeuroError:
-        raise
-    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as e:
-        detail = str(e).splitlines()[0][:200] if str(e) else ""
-        raise InputError(
-            path, f"damaged cst-neuro checkpoint ({type(e).__name__}: {detail})"
-        ) from e
+def _table(value: Any, name: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise TypeError(f"{name} must be a table, got {type(value).__name__}")
+    return value
 
 
-def data_fingerprint(values: xr.DataArray, *, frames_per_read: int = 4096) -> str:
-    """BLAKE2b of a variable's bytes, read in blocks of frames (bounded memory)."""
-    digest = hashlib.blake2b(digest_size=16)
-    digest.update(repr((values.dims, values.shape, str(values.dtype))).encode())
-    for start in range(0, values.sizes["time"], frames_per_read):
-        block = np.ascontiguousarray(values.isel(time=slice(start, start + frames_per_read)))
-        digest.update(block.tobytes())
-    return digest.hexdigest()
+def _typed(value: Any, kind: type, name: str) -> Any:
+    if not isinstance(value, kind):
+        raise TypeError(f"{name} must be {kind.__name__}, got {value!r}")
+    return value
 
 
-def resolve_device(device: str) -> torch.device:
-    """``auto`` picks CUDA when available; an explicit ``cuda`` without a GPU is an error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(None, "--device cuda was requested but no CUDA GPU is available")
-    if device not in ("cpu",) and not device.startswith("cuda"):
-        raise InputError(None, f"unknown device {device!r}; use auto, cpu or cuda")
-    return torch.device(device)
+def _count(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def _positive(value: Any, name: str) -> float:
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if not ok or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def _frames(value: Any, name: str) -> np.ndarray:
+    if not isinstance(value, torch.Tensor) or value.dtype != torch.bool or value.dim() != 1:
+        raise TypeError(f"data.{name} must be a 1-d bool tensor")
+    return value.numpy()
+
+
+def _normalizer(raw: Any, n_channels: int) -> Normalizer:
+    raw = _table(raw, "normalizer")
+    parts = {}
+    for key in ("mean", "std"):
+        t = raw.get(key)
+        if not isinstance(t, torch.Tensor) or t.dim() != 2 or t.shape[0] != n_channels:
+            raise ValueError(f"normalizer.{key} must be a ({n_channels}, V) tensor")
+        if not torch.isfinite(t).all():
+            raise ValueError(f"normalizer.{key} holds non-finite values")
+        parts[key] = t.to(torch.float32).numpy()
+    if parts["mean"].shape != parts["std"].shape or (parts["std"] <= 0).any():
+        raise ValueError("normalizer.std must be positive and shaped like normalizer.mean")
+    return Normalizer(mean=parts["mean"], std=parts["std"])

@@ -1,5 +1,8 @@
 """From a Recording to model tokens: time splits, normalisation, windows, token batches.
 
+Training batches (`sample_batch`) hold out part of each random window's frames as queries;
+`channel_groups` splits many channels so that a window stays within ``max_tokens``.
+
 A window of W frames is the unit of training and inference. A modelled variable up to
 ``memory_budget`` bytes is loaded once (random windows then cost nothing); a larger one
 stays lazy and only each window's frames are read from the zarr store, so memory is
@@ -19,6 +22,7 @@ frames outside the allowed split) are absent tokens, never imputed values.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,8 +31,7 @@ import torch
 import xarray as xr
 
 from cst_neuro.errors import InputError
-
-MEMORY_BUDGET = 2 << 30  # bytes of a modelled variable held in memory; larger ones stream
+from cst_neuro.fit_config import MEMORY_BUDGET, FitConfig
 
 
 @dataclass(frozen=True)
@@ -82,10 +85,6 @@ class Normalizer:
 
     def to_dict(self) -> dict[str, Any]:
         return {"mean": torch.from_numpy(self.mean), "std": torch.from_numpy(self.std)}
-
-    @classmethod
-    def from_dict(cls, state: dict[str, Any]) -> Normalizer:
-        return cls(mean=state["mean"].numpy(), std=state["std"].numpy())
 
 
 @dataclass
@@ -252,3 +251,63 @@ def channel_positions(ds: xr.Dataset, var: str, patch: int) -> tuple[np.ndarray,
     pos = (np.column_stack([yy.ravel(), xx.ravel()]) + 0.5) * patch
     fov = float(max(ds.sizes["y"], ds.sizes["x"]))
     return pos.astype(np.float64), np.zeros(ny * nx), fov
+
+
+def data_fingerprint(values: xr.DataArray, *, frames_per_read: int = 4096) -> str:
+    """BLAKE2b of a variable's bytes, read in blocks of frames (bounded memory)."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(repr((values.dims, values.shape, str(values.dtype))).encode())
+    for start in range(0, values.sizes["time"], frames_per_read):
+        block = np.ascontiguousarray(values.isel(time=slice(start, start + frames_per_read)))
+        digest.update(block.tobytes())
+    return digest.hexdigest()
+
+
+def channel_groups(n_channels: int, window: int, max_tokens: int) -> list[np.ndarray]:
+    """Channels split into groups small enough that a window stays within max_tokens."""
+    per_group = max(1, max_tokens // window)
+    return [np.arange(s, min(s + per_group, n_channels)) for s in range(0, n_channels, per_group)]
+
+
+def sample_batch(
+    windows: ChannelWindows, starts: np.ndarray, config: FitConfig, rng: np.random.Generator
+) -> tuple[Tokens, Tokens]:
+    """A training batch: context tokens and held-out query tokens from random windows."""
+    ctx_parts, qry_parts = [], []
+    per_group = max(1, config.max_tokens // config.window)
+    while len(ctx_parts) < config.batch_size:
+        start = int(rng.choice(starts))
+        block = windows.read(start)  # (W, C, V)
+        keep = np.zeros(block.shape[:2], bool)
+        channels = (
+            rng.choice(windows.n_channels, per_group, replace=False)
+            if windows.n_channels > per_group
+            else np.arange(windows.n_channels)
+        )
+        keep[:, channels] = True
+        observed = windows.observed(block) & keep
+        frames = np.flatnonzero(observed.any(1))
+        if frames.size < 2:
+            continue
+        held = held_out_frames(frames, block.shape[0], config, rng)
+        ctx_parts.append(windows.tokens(block, start, observed & ~held[:, None]))
+        qry_parts.append(windows.tokens(block, start, observed & held[:, None]))
+    return pad_tokens(ctx_parts, windows.value_dim), pad_tokens(qry_parts, windows.value_dim)
+
+
+def held_out_frames(
+    frames: np.ndarray, window: int, config: FitConfig, rng: np.random.Generator
+) -> np.ndarray:
+    """Frames to hold out as queries: random runs of 1..val_block observed frames.
+
+    Single frames teach interpolation between neighbours (upsampling); longer runs teach
+    in-filling of gaps like the validation blocks.
+    """
+    n_query = max(1, round(config.query_fraction * frames.size))
+    held = np.zeros(window, bool)
+    while held[frames].sum() < n_query:
+        start = int(rng.choice(frames))
+        held[start : start + int(rng.integers(1, config.val_block + 1))] = True
+    if held[frames].all():  # keep some context
+        held[frames[0]] = False
+    return held

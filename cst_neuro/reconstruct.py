@@ -6,8 +6,8 @@ sin²(π u), u the position of τ in the window: they sum to one, vanish with th
 derivative at a window's ends, and so join the windows' continuous predictions into one
 continuous curve (a single window per frame interval would jump at every frame, where
 the window changes, by about as much as the signal moves in a frame). In mode ``cst``
-each window's encoded context is cached (least recently used), so each new sub-frame
-time costs one decoder pass per window (two). Times outside the recording use the first
+each window's encoded context is cached (least recently used, `Mode.context`), so each new
+sub-frame time costs one decoder pass per window (two). Times outside the recording use the first
 or last window (extrapolation: forecasting).
 ``reconstruct`` evaluates a model over a recording at K× the frame rate (or given times)
 as a lazy xarray Dataset that ``cst_neuro.store.write_recording`` streams to zarr in
@@ -25,13 +25,13 @@ from typing import Any
 import numpy as np
 import torch
 import xarray as xr
+from torch import nn
 
-from cst_neuro.checkpoint import model_contents
-from cst_neuro.data import MEMORY_BUDGET, ChannelWindows, pad_tokens
+from cst_neuro.checkpoint import Checkpoint, checked_contents, load_model
+from cst_neuro.data import ChannelWindows, channel_groups, pad_tokens
 from cst_neuro.errors import InputError
-from cst_neuro.model import CST
+from cst_neuro.fit_config import MEMORY_BUDGET
 from cst_neuro.schema import new_recording
-from cst_neuro.train import channel_groups, load_model, predict_tokens
 
 log = logging.getLogger(__name__)
 
@@ -43,40 +43,44 @@ class Reconstructor:
 
     def __init__(
         self,
-        model: CST,
-        meta: dict[str, Any],
+        model: nn.Module,
+        checkpoint: Checkpoint,
         ds: xr.Dataset,
         *,
         device: str | torch.device = "cpu",
         cache_size: int = 16,
         memory_budget: int = MEMORY_BUDGET,
     ) -> None:
-        data, fit_config = meta["data"], meta["fit_config"]
-        if data["var"] not in ds:
+        data, fit_config = checkpoint.data, checkpoint.fit_config
+        if data is None or checkpoint.normalizer is None:
+            raise InputError(None, "a model bound to no recording cannot reconstruct one")
+        if data.var not in ds:
             raise InputError(
                 ds.attrs.get("source_name"),
-                f"model was trained on {data['var']!r}, which this recording does not have",
+                f"model was trained on {data.var!r}, which this recording does not have",
             )
+        self.checkpoint = checkpoint
+        self.mode = checkpoint.spec
         self.model = model.to(device).eval()
         self.device = torch.device(device)
         self.windows = ChannelWindows(
             ds,
-            var=data["var"],
-            window=fit_config["window"],
-            patch=data["patch"],
+            var=data.var,
+            window=fit_config.window,
+            patch=data.patch,
             allowed=np.asarray(ds["valid"].values, bool),
-            normalizer=meta["normalizer"],
+            normalizer=checkpoint.normalizer,
             memory_budget=memory_budget,
         )
-        if self.windows.n_channels != data["n_channels"]:
+        if self.windows.n_channels != data.n_channels:
             raise InputError(
                 ds.attrs.get("source_name"),
-                f"model was trained on {data['n_channels']} channels ({data['var']}), this "
+                f"model was trained on {data.n_channels} channels ({data.var}), this "
                 f"recording has {self.windows.n_channels}",
             )
-        self.var = data["var"]
+        self.var = data.var
         self.groups = channel_groups(
-            self.windows.n_channels, self.windows.window, fit_config["max_tokens"]
+            self.windows.n_channels, self.windows.window, fit_config.max_tokens
         )
         self._cache: OrderedDict[tuple[int, int], Any] = OrderedDict()
         self._cache_size = cache_size
@@ -87,10 +91,10 @@ class Reconstructor:
     def from_checkpoint(
         cls, path: str | os.PathLike[str], ds: xr.Dataset, **kwargs: Any
     ) -> Reconstructor:
-        model, meta = load_model(path)
-        with model_contents(path):
+        model, checkpoint = load_model(path)
+        with checked_contents(path):
             try:
-                return cls(model, meta, ds, **kwargs)
+                return cls(model, checkpoint, ds, **kwargs)
             except InputError as e:  # the model and this recording do not fit together
                 where = f" {e.path}" if e.path else ""
                 raise InputError(path, f"does not fit the recording{where}: {e.problem}") from None
@@ -121,7 +125,7 @@ class Reconstructor:
         return blend
 
     def context(self, start: int, group: int) -> Any:
-        """The encoded context (mode cst) or context tokens of a window's channel group."""
+        """What the mode predicts from for a window's channel group (`Mode.context`)."""
         return _remember(
             self._cache, (start, group), self._cache_size, lambda: self._encode(start, group)
         )
@@ -136,11 +140,8 @@ class Reconstructor:
         )
         if not tokens.mask.any():
             raise InputError(None, f"no observed samples in frames {start}..{start + len(keep)}")
-        tokens = tokens.to(self.device)
-        if self.model.config.mode != "cst":
-            return tokens
         with torch.no_grad():
-            return self.model.encode(tokens.values, tokens.coords, tokens.ids, tokens.mask)
+            return self.mode.context(self.model, tokens.to(self.device))
 
     @torch.no_grad()
     def predict(self, times: np.ndarray, channels: np.ndarray | None = None) -> np.ndarray:
@@ -180,11 +181,7 @@ class Reconstructor:
         local = ff.ravel() - w.offsets_frames[cc.ravel()]  # sample time of each channel
         coords = torch.from_numpy(w.coords(local, cc.ravel(), start))[None].to(self.device)
         ids = torch.from_numpy(cc.ravel().astype(np.int64))[None].to(self.device)
-        ctx = self.context(start, group)
-        if self.model.config.mode == "cst":
-            pred = self.model.decode(ctx, coords, ids)
-        else:
-            pred = predict_tokens(self.model, ctx, coords, ids)
+        pred = self.mode.predict(self.model, self.context(start, group), coords, ids)
         return pred[0].float().cpu().numpy().reshape(ff.shape[0], ff.shape[1], -1)
 
     def as_image(self, values: np.ndarray) -> np.ndarray:

@@ -40,9 +40,10 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
+from torch import nn
 
+from cst_neuro.checkpoint import Checkpoint
 from cst_neuro.errors import InputError, OutputError
-from cst_neuro.model import CST
 from cst_neuro.reconstruct import Reconstructor
 
 log = logging.getLogger(__name__)
@@ -110,31 +111,34 @@ def modelled_recording(ds: xr.Dataset) -> xr.Dataset:
 class ScrubSession:
     """A trained model, a Recording and a sub-frame factor K: frames, traces and exports.
 
-    ``model`` and ``meta`` are what ``cst_neuro.train.load_model`` returns; frames and
-    traces of samples the model was validated on (``meta["data"]["val_frames"]``, when
-    ``ds`` holds the very data it was trained on) are marked as held out.
+    ``model`` and ``checkpoint`` are what ``cst_neuro.checkpoint.load_model`` returns;
+    frames and traces of samples the model was validated on (``checkpoint.data.val_frames``,
+    when ``ds`` holds the very data it was trained on) are marked as held out.
     """
 
     def __init__(
         self,
-        model: CST,
-        meta: dict[str, Any],
+        model: nn.Module,
+        checkpoint: Checkpoint,
         ds: xr.Dataset,
         *,
         upsample: int = DEFAULT_UPSAMPLE,
         device: str = "cpu",
     ) -> None:
-        from cst_neuro.checkpoint import data_fingerprint, resolve_device
+        from cst_neuro.data import data_fingerprint
+        from cst_neuro.device import resolve_device
 
-        self.model, self.meta, self.ds = model, meta, ds
+        self.model, self.checkpoint, self.ds = model, checkpoint, ds
         self.device = resolve_device(device)
-        self.reconstructor = Reconstructor(model, meta, ds, device=self.device, cache_size=64)
+        self.reconstructor = Reconstructor(model, checkpoint, ds, device=self.device, cache_size=64)
         self.windows = self.reconstructor.windows
         self.upsample = check_upsample(upsample)
         self.frame_times = np.asarray(ds["time"].values, dtype=np.float64)
         n = self.windows.n_frames
-        same_data = meta["data"].get("fingerprint") == data_fingerprint(self.windows.values)
-        val = np.asarray(meta["data"]["val_frames"], bool)
+        data = self.reconstructor.checkpoint.data
+        assert data is not None  # the Reconstructor checked it
+        same_data = data.fingerprint == data_fingerprint(self.windows.values)
+        val = data.val_frames
         self.held_out = val if same_data and val.size == n else np.zeros(n, bool)
         self._labels, self._axes = _frame_layout(ds, self.windows.var, self.windows.layout)
         self._lock = threading.Lock()
@@ -151,13 +155,12 @@ class ScrubSession:
         device: str = "cpu",
     ) -> ScrubSession:
         """Load a model written by ``fit`` and bind it to ``ds`` (ΔF/F added if needed)."""
-        from cst_neuro.checkpoint import model_contents
-        from cst_neuro.train import load_model
+        from cst_neuro.checkpoint import checked_contents, load_model
 
-        model, meta = load_model(path)
+        model, checkpoint = load_model(path)
         ds = modelled_recording(ds)
-        with model_contents(path):
-            return cls(model, meta, ds, upsample=upsample, device=device)
+        with checked_contents(path):
+            return cls(model, checkpoint, ds, upsample=upsample, device=device)
 
     # ---- time ----------------------------------------------------------------------
 
@@ -269,7 +272,7 @@ class ScrubSession:
 
     def _own_reconstructor(self) -> Reconstructor:
         """A reconstructor with caches of its own (exports run beside the viewer's queries)."""
-        return Reconstructor(self.model, self.meta, self.ds, device=self.device)
+        return Reconstructor(self.model, self.checkpoint, self.ds, device=self.device)
 
     def export_reconstruction(
         self, path: str | os.PathLike[str], *, overwrite: bool = False

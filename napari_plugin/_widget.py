@@ -37,8 +37,9 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from cst_neuro.fit_config import FitConfig
 from cst_neuro.scrub import DEFAULT_UPSAMPLE, ScrubSession, modelled_recording
-from cst_neuro.train import FitConfig, FitResult
+from cst_neuro.train import FitResult
 from napari_plugin._scrubber import Scrubber
 from napari_plugin._trace_plot import TracePlot
 
@@ -264,9 +265,8 @@ class CSTWidget(QWidget):
         """Scrub a model loaded from ``path`` (Load model…, or ``cst-neuro view --model``)."""
         self.model_path.setText(str(path))
         self.use_session(session)
-        config = session.model.config
         self.loss_label.setText(
-            f"loaded a {config.mode} model ({session.model.num_params():,} parameters)"
+            f"loaded a {session.checkpoint.mode} model ({session.model.num_params():,} parameters)"
         )
         self._report(f"loaded {path}")
 

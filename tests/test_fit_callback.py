@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from cst_neuro.checkpoint import load_model
 from cst_neuro.simulate import SimulationConfig, simulate
-from cst_neuro.train import FitConfig, fit, load_model, partial_path
+from cst_neuro.train import FitConfig, fit, partial_path
 
 TINY = {"d_model": 16, "n_heads": 2, "n_layers": 1, "d_ff": 32, "n_fourier": 8}
 
@@ -38,6 +39,6 @@ def test_returning_true_cancels_and_keeps_the_best_model(recording, tmp_path: Pa
     result = fit(recording, tmp_path / "m.pt", config=config(50),
                  callback=lambda epoch, row: epoch >= 2)  # fmt: skip
     assert result.stopped == "cancelled" and result.epochs == 2
-    _, meta = load_model(tmp_path / "m.pt")  # a finished, loadable model
-    assert meta["best_val"] == min(row["val"] for row in result.history)
+    _, checkpoint = load_model(tmp_path / "m.pt")  # a finished, loadable model
+    assert checkpoint.best_val == min(row["val"] for row in result.history)
     assert not partial_path(tmp_path / "m.pt").exists()

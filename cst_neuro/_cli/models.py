@@ -9,12 +9,11 @@ from typing import Annotated
 import typer
 
 from cst_neuro._cli.common import fail, handle_errors
+from cst_neuro.fit_config import FitConfig
+from cst_neuro.model.modes import MODES
 
-
-class Mode(StrEnum):
-    cst = "cst"
-    transformer = "transformer"
-    paper = "paper"
+Mode = StrEnum("Mode", {name: name for name in MODES})  # type: ignore[misc]
+DEFAULT_MODE = Mode(FitConfig.mode)
 
 
 class Device(StrEnum):
@@ -27,7 +26,7 @@ class Device(StrEnum):
 def fit(
     store: Annotated[Path, typer.Argument(help="A zarr store written by cst-neuro ingest.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Model checkpoint (.pt).")],
-    mode: Annotated[Mode, typer.Option(help="Model mode.")] = Mode.cst,
+    mode: Annotated[Mode, typer.Option(help="Model mode.")] = DEFAULT_MODE,
     config: Annotated[
         Path | None, typer.Option(help="TOML file of training (and [model]) settings.")
     ] = None,
@@ -40,7 +39,6 @@ def fit(
 ) -> None:
     """Train a continuous model of a recording (validation on held-out frame blocks)."""
     from cst_neuro.store import check_writable, open_store
-    from cst_neuro.train import FitConfig
     from cst_neuro.train import fit as run_fit
 
     check_writable(output, overwrite=overwrite, inputs=[store], store=False)
@@ -82,7 +80,7 @@ def reconstruct(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
 ) -> None:
     """Evaluate a model at K× the frame rate (or given times) and write a zarr store."""
-    from cst_neuro.checkpoint import resolve_device
+    from cst_neuro.device import resolve_device
     from cst_neuro.reconstruct import Reconstructor, read_times
     from cst_neuro.reconstruct import reconstruct as run_reconstruct
     from cst_neuro.store import check_writable, open_store, write_recording

@@ -193,7 +193,7 @@ def fit_step(job: Job, key: str) -> dict[str, Any]:
 
 def reconstruct_step(job: Job, key: str) -> dict[str, Any]:
     """The model's predictions at K× the frame rate, as a zarr store."""
-    from cst_neuro.checkpoint import resolve_device
+    from cst_neuro.device import resolve_device
     from cst_neuro.reconstruct import Reconstructor, reconstruct
     from cst_neuro.store import open_store, write_recording
 

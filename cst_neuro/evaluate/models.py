@@ -10,6 +10,7 @@ queried at the hidden samples' real-valued times.
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import time
 from collections.abc import Mapping
@@ -21,8 +22,11 @@ import numpy as np
 
 from cst_neuro.evaluate.recording import Traces, masked_recording
 from cst_neuro.evaluate.tasks import Split
+from cst_neuro.model.modes import MODES
 
-MODEL_METHODS = ("cst", "transformer", "paper")
+log = logging.getLogger(__name__)
+
+MODEL_METHODS = tuple(MODES)
 WINDOW = 32  # FitConfig's default window, shortened for very short recordings
 
 
@@ -33,7 +37,7 @@ class FittedModel:
     mode: str
     reconstructor: Any  # cst_neuro.reconstruct.Reconstructor
     model: Any
-    meta: dict[str, Any]
+    checkpoint: Any  # cst_neuro.checkpoint.Checkpoint
     fit_seconds: float
     epochs: int
     stopped: str
@@ -46,23 +50,27 @@ class FittedModel:
         """The same model bound to another Recording (e.g. one cut at a forecast origin)."""
         from cst_neuro.reconstruct import Reconstructor
 
-        return Reconstructor(self.model, self.meta, inputs)
+        return Reconstructor(self.model, self.checkpoint, inputs)
 
 
 def fit_config(
     mode: str, seed: int, minutes: float, n_frames: int, settings: Mapping[str, Any] | None = None
 ) -> Any:
-    """fit's defaults (or ``settings``) with the time budget; short epochs for the paper mode.
+    """fit's defaults (or ``settings``) with the time budget and the mode's `budget_settings`.
 
-    The paper mode attends over all tokens jointly with a hand-written kernel and double
-    backward (about 100× the cost of a cst step), so its epochs are shortened to 10 steps
-    and its windows to 1,024 tokens unless ``settings`` say otherwise, or not one epoch
-    would end within a budget. The window is cut to the recording's length.
+    One ``[model]`` table serves every mode evaluated: each mode takes the network settings
+    its architecture has (the others are logged). The window is cut to the recording's
+    length.
     """
-    from cst_neuro.train import FitConfig
+    from cst_neuro.fit_config import FitConfig
+    from cst_neuro.model.modes import config_fields, get_mode
 
-    raw: dict[str, Any] = {"steps_per_epoch": 10, "max_tokens": 1024} if mode == "paper" else {}
-    raw.update(settings or {})
+    raw: dict[str, Any] = {**get_mode(mode).budget_settings, **(settings or {})}
+    network = dict(raw.get("model", {}))
+    ignored = sorted(set(network) - config_fields(mode))
+    if ignored:
+        log.info("mode %s has no network setting(s) %s: not applied", mode, ", ".join(ignored))
+        raw["model"] = {k: v for k, v in network.items() if k not in ignored}
     raw["window"] = min(int(raw.get("window", WINDOW)), n_frames)
     raw.update(mode=mode, seed=seed, max_minutes=minutes)
     return FitConfig.from_dict(raw, source="evaluation settings")
@@ -77,8 +85,9 @@ def fit_model(
     settings: Mapping[str, Any] | None = None,
 ) -> FittedModel:
     """Train ``mode`` on the training segments' observed samples; bind it to all observed."""
+    from cst_neuro.checkpoint import load_model
     from cst_neuro.reconstruct import Reconstructor
-    from cst_neuro.train import fit, load_model
+    from cst_neuro.train import fit
 
     finite = np.isfinite(traces.values)
     train_ds = masked_recording(traces, split.train_observed & finite, stride=split.stride)
@@ -89,12 +98,12 @@ def fit_model(
         start = time.perf_counter()
         result = fit(train_ds, path, config=config)
         seconds = time.perf_counter() - start
-        model, meta = load_model(path)
+        model, checkpoint = load_model(path)
     return FittedModel(
         mode=mode,
-        reconstructor=Reconstructor(model, meta, inputs),
+        reconstructor=Reconstructor(model, checkpoint, inputs),
         model=model,
-        meta=meta,
+        checkpoint=checkpoint,
         fit_seconds=seconds,
         epochs=result.epochs,
         stopped=result.stopped,

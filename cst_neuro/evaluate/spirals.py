@@ -92,8 +92,8 @@ def learned_linear(split: SpiralSplit) -> tuple[np.ndarray, float]:
 
 
 def model_config(mode: str) -> dict[str, Any]:
-    """CSTConfig of each mode: the release's network for paper/transformer, a small cst."""
-    base = {"mode": mode, "value_dim": 2, "coord_dims": 1, "n_ids": 0}
+    """Network settings of each mode: the release's network for paper/transformer, a small cst."""
+    base = {"value_dim": 2, "coord_dims": 1, "n_ids": 0}
     if mode == "cst":  # few tokens per curve: no latents, the decoder reads the tokens
         return {
             **base,
@@ -135,19 +135,22 @@ def train_spirals(
 ) -> dict[str, float]:
     """Train one mode within ``minutes``; test MSE of the weights best on validation.
 
-    ``model`` overrides CSTConfig fields of ``model_config(mode)``.
+    ``model`` overrides network settings of ``model_config(mode)``.
     """
     import torch
 
-    from cst_neuro.model import CST, CSTConfig
-    from cst_neuro.train import FitConfig, TrainStep
+    from cst_neuro.fit_config import FitConfig
+    from cst_neuro.model.modes import get_mode
+    from cst_neuro.train import TrainStep
 
     torch.manual_seed(seed)
     dev = torch.device(device)
     scale = float(np.quantile(np.abs(split.train), 0.98))  # the release's normalisation
-    net = CST(CSTConfig(**{**model_config(mode), **(model or {})})).to(dev)
+    spec = get_mode(mode)
+    net = spec.build(spec.make_config({**model_config(mode), **(model or {})})).to(dev)
     # window = 99 makes the Sobolev step one sampling interval of t (1/99)
-    step = TrainStep(net, FitConfig(mode=mode, window=N_POINTS - 1, n_collocation=64))
+    sobolev = FitConfig(mode=mode, window=N_POINTS - 1, n_collocation=64).sobolev()
+    step = TrainStep(net, spec, sobolev)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-2)
     rng = np.random.default_rng(seed)
     gen = torch.Generator(device=dev).manual_seed(seed)
@@ -168,7 +171,7 @@ def train_spirals(
             if time.perf_counter() > deadline:
                 break
         epochs += 1
-        val = held_out_mse(predict(net, split.val, scale, dev), split.val)
+        val = held_out_mse(predict(net, mode, split.val, scale, dev), split.val)
         if val < best_val:
             best_val, bad = val, 0
             best = {k: v.detach().clone() for k, v in net.state_dict().items()}
@@ -177,7 +180,7 @@ def train_spirals(
     if best is not None:
         net.load_state_dict(best)
     return {
-        "test_mse": held_out_mse(predict(net, split.test, scale, dev), split.test),
+        "test_mse": held_out_mse(predict(net, mode, split.test, scale, dev), split.test),
         "val_mse": float(best_val),
         "epochs": float(epochs),
         "seconds": time.perf_counter() - start,
@@ -201,16 +204,18 @@ def _tokens(curves: np.ndarray, dev: Any) -> tuple[Any, Any]:
     return tokens(OBSERVED), tokens(HELD)
 
 
-def predict(model: Any, curves: np.ndarray, scale: float, dev: Any) -> np.ndarray:
+def predict(model: Any, mode: str, curves: np.ndarray, scale: float, dev: Any) -> np.ndarray:
     """(N, 90, 2) predictions of the held-out points from the 10 observed ones (raw units)."""
     import torch
 
-    from cst_neuro.train import predict_tokens
+    from cst_neuro.model.modes import get_mode
 
+    spec = get_mode(mode)
     model.eval()
     out = []
     with torch.no_grad():
         for s in range(0, len(curves), 50):
             ctx, qry = _tokens(curves[s : s + 50] / scale, dev)
-            out.append(predict_tokens(model, ctx, qry.coords, None).cpu().numpy())
+            pred = spec.predict(model, spec.context(model, ctx), qry.coords, None)
+            out.append(pred.cpu().numpy())
     return np.concatenate(out) * scale

@@ -1,36 +1,12 @@
-"""The CST model: coordinate encoding, network (modes "cst", "paper", "transformer"), losses.
+"""The CST model: coordinate encoding, the two architectures, their modes, losses.
 
-Importing this package imports torch; `import cst_neuro` alone does not.
+- `cst.py`: the CST done right (mode "cst"); `paper.py`: the released architecture (modes
+  "paper" and "transformer"); `layers.py`: blocks both share; `_gather.py`: the decoder's
+  own-channel index machinery;
+- `modes.py`: the registry of modes (how each is built, trained and queried);
+- `encoding.py`, `taylor.py`, `interpolant.py`: coordinate features, Taylor jets, the
+  interpolant base; `sobolev.py`, `dummies.py`: losses and the paper's dummy tokens.
+
+Import from the submodules. This package's own import is empty, so that
+`cst_neuro.model.modes` lists the modes without importing torch; the other submodules do.
 """
-
-from cst_neuro.model.dummies import DummyTokens, add_dummy_tokens, interpolate_in_time
-from cst_neuro.model.encoding import FourierEncoding
-from cst_neuro.model.network import CST, MODES, Context, CSTConfig, manual_attention
-from cst_neuro.model.sobolev import (
-    SobolevConfig,
-    SobolevTerms,
-    coordinate_derivatives,
-    data_loss,
-    input_jacobian_loss,
-    sample_collocation,
-    sobolev_loss,
-)
-
-__all__ = [
-    "CST",
-    "MODES",
-    "CSTConfig",
-    "Context",
-    "DummyTokens",
-    "FourierEncoding",
-    "SobolevConfig",
-    "SobolevTerms",
-    "add_dummy_tokens",
-    "coordinate_derivatives",
-    "data_loss",
-    "input_jacobian_loss",
-    "interpolate_in_time",
-    "manual_attention",
-    "sample_collocation",
-    "sobolev_loss",
-]

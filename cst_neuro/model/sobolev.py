@@ -29,7 +29,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from cst_neuro.model.network import CST, Context, manual_attention
+from cst_neuro.model.cst import CST, Context
+from cst_neuro.model.layers import manual_attention
+from cst_neuro.model.paper import PaperCST
 
 
 @dataclass
@@ -179,7 +181,7 @@ def _per_sample_norm(x: Tensor, p: float) -> Tensor:
 
 
 def input_jacobian_loss(
-    model: CST,
+    model: PaperCST,
     values: Tensor,
     coords: Tensor,
     is_real: Tensor,

@@ -7,7 +7,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from cst_neuro.model import CSTConfig
+from cst_neuro.model.cst import CSTConfig
+from cst_neuro.model.paper import PaperConfig
 
 # the three token layouts the model serves: (value_dim, coord_dims, n_ids)
 LAYOUTS = {
@@ -17,30 +18,40 @@ LAYOUTS = {
 }
 
 
-def tiny_config(layout: str = "roi", **overrides: object) -> CSTConfig:
-    """A small network that runs in milliseconds."""
+def _base(layout: str) -> dict[str, object]:
     value_dim, coord_dims, n_ids = LAYOUTS[layout]
-    base = dict(
+    return dict(
         value_dim=value_dim,
         coord_dims=coord_dims,
         n_ids=n_ids,
         d_model=16,
         n_heads=2,
         n_layers=2,
-        n_decoder_layers=2,
         d_ff=32,
-        n_fourier=8,
-        fourier_scale=1.5,
-        n_latent_times=4,
-        latents_per_time=2,
         dropout=0.0,
     )
-    base.update(overrides)
-    return CSTConfig(**base)  # type: ignore[arg-type]
+
+
+def tiny_config(layout: str = "roi", **overrides: object) -> CSTConfig:
+    """A small CST that runs in milliseconds."""
+    base = _base(layout) | dict(
+        n_decoder_layers=2, n_fourier=8, fourier_scale=1.5, n_latent_times=4, latents_per_time=2
+    )
+    return CSTConfig(**(base | overrides))  # type: ignore[arg-type]
+
+
+def tiny_paper_config(layout: str = "roi", **overrides: object) -> PaperConfig:
+    """A small network of the paper's architecture."""
+    return PaperConfig(**(_base(layout) | overrides))  # type: ignore[arg-type]
 
 
 def make_tokens(
-    config: CSTConfig, B: int, N: int, *, seed: int = 0, dtype: torch.dtype = torch.float32
+    config: CSTConfig | PaperConfig,
+    B: int,
+    N: int,
+    *,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """Random (values, coords, ids) for a config: coordinates in [0, 1]."""
     g = torch.Generator().manual_seed(seed)

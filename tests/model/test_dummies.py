@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cst_neuro.model import add_dummy_tokens, interpolate_in_time
+from cst_neuro.model.dummies import add_dummy_tokens, interpolate_in_time
 
 
 @settings(max_examples=30, deadline=None, derandomize=True)

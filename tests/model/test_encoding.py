@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cst_neuro.model import FourierEncoding
+from cst_neuro.model.encoding import FourierEncoding
 
 from ._helpers import central_difference
 

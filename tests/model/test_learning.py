@@ -12,7 +12,8 @@ import math
 import pytest
 import torch
 
-from cst_neuro.model import CST, CSTConfig, data_loss
+from cst_neuro.model.cst import CST, CSTConfig
+from cst_neuro.model.sobolev import data_loss
 
 
 def _infill_batch(g: torch.Generator, B: int = 4, R: int = 8, W: int = 24):

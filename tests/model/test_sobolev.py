@@ -8,19 +8,20 @@ import pytest
 import torch
 from torch import Tensor
 
-from cst_neuro.model import (
-    CST,
+from cst_neuro.model.cst import CST
+from cst_neuro.model.dummies import add_dummy_tokens
+from cst_neuro.model.layers import manual_attention
+from cst_neuro.model.paper import PaperCST
+from cst_neuro.model.sobolev import (
     SobolevConfig,
-    add_dummy_tokens,
     coordinate_derivatives,
     data_loss,
     input_jacobian_loss,
-    manual_attention,
     sample_collocation,
     sobolev_loss,
 )
 
-from ._helpers import central_difference, make_tokens, tiny_config
+from ._helpers import central_difference, make_tokens, tiny_config, tiny_paper_config
 
 
 def _setup(layout: str = "roi", **overrides: object):
@@ -210,10 +211,10 @@ def test_data_loss_counts_only_existing_targets() -> None:
     assert data_loss(pred, target).item() == pytest.approx((1 + 4 + 81) / 3)
 
 
-def _paper_batch(mode: str = "paper"):
-    config = tiny_config("spirals", mode=mode, input_noise=0.1)
+def _paper_batch():
+    config = tiny_paper_config("spirals", input_noise=0.1)
     torch.manual_seed(0)
-    model = CST(config).double().train()
+    model = PaperCST(config).double().train()
     values, coords, _ = make_tokens(config, B=2, N=10, dtype=torch.float64)
     dummy = torch.rand(2, 12, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
     mask = torch.ones(2, 10, dtype=torch.bool)
@@ -250,18 +251,6 @@ def test_input_jacobian_loss_reproduces_the_release() -> None:
     trained = torch.autograd.grad(terms.data + 0.01 * terms.penalties[0], list(model.parameters()))
     for g, h in zip(grads, trained, strict=True):
         torch.testing.assert_close(g, h)
-
-
-def test_input_jacobian_loss_is_for_the_paper_network_only() -> None:
-    model, _, coords, ids, _, _ = _setup("roi")
-    with pytest.raises(ValueError, match="use encode/decode"):
-        input_jacobian_loss(
-            model,
-            torch.zeros(2, 14, 1, dtype=torch.float64),
-            coords,
-            torch.ones(2, 14, dtype=torch.bool),
-            ids=ids,
-        )
 
 
 def test_sobolev_config_validation() -> None:

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from cst_neuro.checkpoint import load_checkpoint
+from cst_neuro.checkpoint import Checkpoint
 from cst_neuro.simulate import SimulationConfig, simulate, write_suite2p
 from cst_neuro.store import open_store
 from cst_neuro.train import partial_path
@@ -175,16 +175,16 @@ def test_kill_during_fit_then_resume_matches(uninterrupted, tmp_path, seed) -> N
     killed = kill_at_random(args, partial_path(out), seed, spread=spread)
     complete, epoch = out.exists(), None
     if complete:  # finished before the kill: it must be the complete model
-        load_checkpoint(out)
+        Checkpoint.load(out)
     else:
         resume = ["--resume"] if partial_path(out).exists() else []
         if resume:
-            epoch = load_checkpoint(partial_path(out))["train_state"]["epoch"]
+            epoch = Checkpoint.load(partial_path(out)).train_state["epoch"]
         code, _, err = run_cli(*args, *resume, timeout=240)
         assert code == 0, err
     report("fit", seed, killed, complete_output=complete, resumed_from_epoch=epoch)
-    want = load_checkpoint(uninterrupted["m.pt"])["state_dict"]
-    got = load_checkpoint(out)["state_dict"]
+    want = Checkpoint.load(uninterrupted["m.pt"]).state_dict
+    got = Checkpoint.load(out).state_dict
     for name, value in want.items():
         torch.testing.assert_close(got[name], value, rtol=1e-5, atol=1e-6)
     assert [p.name for p in tmp_path.iterdir()] == ["m.pt"], "progress or temporaries kept"
@@ -214,5 +214,5 @@ def test_kill_during_batch_then_rerun_finishes(sources, uninterrupted, tmp_path,
     assert code == 0, err
     (folder,) = [p for p in out.iterdir() if p.is_dir()]
     same_store(folder / "recording.zarr", uninterrupted["rec.zarr"])
-    load_checkpoint(folder / "model.pt")
+    Checkpoint.load(folder / "model.pt")
     report("batch", seed, killed)
