@@ -15,9 +15,15 @@ Both layouts become *channels* with a fixed position and a value vector:
 - grids and movies: a channel per p×p patch at the patch centre, value size p².
 
 A token is (value, coordinate (t, y, x), channel id). Time is measured in frames from the
-window start and divided by W, space in pixels divided by the field of view, so a model
-works in the recording's own frame units whatever its rate. Missing samples (NaN,
-frames outside the allowed split) are absent tokens, never imputed values.
+window start (divided by ``frames_per_unit``: W for the paper's networks, whose time runs
+over [0, 1] in a window), space in pixels divided by the field of view; a batch carries the
+frame's length in seconds. Missing samples (NaN, frames outside the allowed split) are
+absent tokens, never imputed values.
+
+Each channel also has a descriptor (`channel_features`), computed once from the
+recording's training frames like the normaliser: how smooth and how noisy its trace is at
+the sampling rate, how skewed (calcium transients over a baseline), and the frame's length.
+It is what lets one model serve recordings it was not trained on.
 """
 
 from __future__ import annotations
@@ -87,25 +93,44 @@ class Normalizer:
         return {"mean": torch.from_numpy(self.mean), "std": torch.from_numpy(self.std)}
 
 
+CHANNEL_FEATURES = ("lag1", "lag2", "lag4", "noise", "skew", "log_frame")
+FEATURE_FRAMES = 16384  # frames a channel descriptor is computed from, at most
+
+
 @dataclass
 class Tokens:
-    """A padded batch of token sets."""
+    """A padded batch of token sets, with the channel descriptors and frame lengths."""
 
     coords: torch.Tensor  # (B, N, 3) float32: t, y, x normalised
     values: torch.Tensor  # (B, N, V) float32 (zeros where absent)
     ids: torch.Tensor  # (B, N) int64 channel index
     mask: torch.Tensor  # (B, N) bool: True for a real token
     value_mask: torch.Tensor  # (B, N, V) bool: which value entries are observed
+    channels: torch.Tensor | None = None  # (B or 1, n_channels, F) channel descriptors
+    seconds_per_frame: torch.Tensor | None = None  # (B,) float32
 
     def to(self, device: torch.device | str) -> Tokens:
-        return Tokens(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
+        return Tokens(
+            *(
+                None if getattr(self, f) is None else getattr(self, f).to(device)
+                for f in self.__dataclass_fields__
+            )
+        )
 
 
-def pad_tokens(parts: list[dict[str, np.ndarray]], value_dim: int) -> Tokens:
+def pad_tokens(
+    parts: list[dict[str, np.ndarray]],
+    value_dim: int,
+    *,
+    channels: np.ndarray | list[np.ndarray] | None = None,
+    seconds_per_frame: float | list[float] | None = None,
+) -> Tokens:
     """Stack per-sample token arrays into one padded batch.
 
-    Padding tokens repeat the sample's identities in turn, so that the work per channel of
-    the decoder's own-channel attention (`ChannelGroups`) stays balanced.
+    ``channels`` is one descriptor table (n_channels, F) shared by every sample, or one per
+    sample (padded with zeros to the largest); ``seconds_per_frame`` one number or one per
+    sample. Padding tokens repeat the sample's identities in turn, so that the work per
+    channel of the decoder's own-channel attention (`ChannelGroups`) stays balanced.
     """
     n = max(1, max(len(p["ids"]) for p in parts))
     b = len(parts)
@@ -120,7 +145,52 @@ def pad_tokens(parts: list[dict[str, np.ndarray]], value_dim: int) -> Tokens:
         if 0 < k < n:
             ids[i, k:] = p["ids"][np.arange(n - k) % k]
         mask[i, :k], value_mask[i, :k] = True, p["value_mask"]
-    return Tokens(*(torch.from_numpy(a) for a in (coords, values, ids, mask, value_mask)))
+    tokens = Tokens(*(torch.from_numpy(a) for a in (coords, values, ids, mask, value_mask)))
+    if isinstance(channels, list):
+        table = np.zeros((b, max(len(c) for c in channels), channels[0].shape[1]), np.float32)
+        for i, c in enumerate(channels):
+            table[i, : len(c)] = c
+        tokens.channels = torch.from_numpy(table)
+    elif channels is not None:
+        tokens.channels = torch.from_numpy(np.asarray(channels, np.float32))[None]
+    if seconds_per_frame is not None:
+        tokens.seconds_per_frame = torch.as_tensor(
+            np.broadcast_to(np.asarray(seconds_per_frame, np.float32), (b,)).copy()
+        )
+    return tokens
+
+
+def channel_features(
+    values: np.ndarray, fs: float, *, mean: np.ndarray | None = None, std: np.ndarray | None = None
+) -> np.ndarray:
+    """(C, F) descriptors of (T, C, V) samples (NaN = absent) at rate ``fs``: `CHANNEL_FEATURES`.
+
+    On the z-scored trace (``mean``/``std`` per channel, else its own): autocorrelation at
+    1, 2 and 4 frames, the noise share (robust sd of frame-to-frame steps over √2: 1 for
+    white noise, near 0 for a slow clean trace), the skew (a fifth of it, clipped) and
+    log10 of the frame's length + 1.5 (0 at about 30 Hz). Entries of a patch are pooled.
+    A channel with too few samples gets zeros for what it cannot estimate.
+    """
+    x = np.asarray(values, np.float64)
+    if mean is None or std is None:
+        mean, std = np.nanmean(x, 0), np.nanstd(x, 0)
+    z = (x - mean) / np.where(np.asarray(std) > 0, std, 1.0)  # (T, C, V)
+    T, C, V = z.shape
+    out = np.zeros((C, len(CHANNEL_FEATURES)), np.float32)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        power = np.nanmean(z * z, axis=(0, 2))
+        for j, lag in enumerate((1, 2, 4)):
+            if lag < T:
+                pairs = z[lag:] * z[:-lag]
+                out[:, j] = np.nan_to_num(np.nanmean(pairs, axis=(0, 2)) / power)
+        if T > 1:
+            steps = np.abs(np.diff(z, axis=0)).reshape(T - 1, C * V)
+            noise = 1.4826 * np.nanmedian(steps, axis=0).reshape(C, V).mean(1) / np.sqrt(2)
+            out[:, 3] = np.clip(np.nan_to_num(noise), 0.0, 2.0)
+        skew = np.nanmean(z**3, axis=(0, 2)) / np.maximum(power, 1e-12) ** 1.5
+        out[:, 4] = np.clip(np.nan_to_num(skew), -5.0, 10.0) / 5.0
+    out[:, 5] = np.log10(1.0 / fs) + 1.5
+    return np.clip(out, -2.0, 2.0)
 
 
 class ChannelWindows:
@@ -135,6 +205,8 @@ class ChannelWindows:
         patch: int = 4,
         allowed: np.ndarray | None = None,
         normalizer: Normalizer | None = None,
+        features: np.ndarray | None = None,
+        frames_per_unit: float = 1.0,
         memory_budget: int = MEMORY_BUDGET,
     ) -> None:
         self.var = var or _default_var(ds)
@@ -158,6 +230,22 @@ class ChannelWindows:
         self.positions, self.offsets_frames, self.fov = channel_positions(ds, self.var, patch)
         self.n_channels, self.value_dim = self.values.shape[1], self.values.shape[2]
         self.normalizer = normalizer or Normalizer.fit(self.values, self.allowed)
+        self.frames_per_unit = float(frames_per_unit)
+        self.features = self._features() if features is None else np.asarray(features)
+
+    def _features(self) -> np.ndarray:
+        """Channel descriptors from (at most `FEATURE_FRAMES`) allowed frames."""
+        stop = min(self.n_frames, FEATURE_FRAMES)
+        block = np.asarray(self.values.isel(time=slice(0, stop)).values, dtype=np.float64)
+        block[~self.allowed[:stop]] = np.nan
+        mean, std = self.normalizer.mean, self.normalizer.std
+        return channel_features(block, self.fs, mean=mean, std=std)
+
+    def batch(self, parts: list[dict[str, np.ndarray]]) -> Tokens:
+        """A padded batch of this recording's token sets, with its descriptors."""
+        return pad_tokens(
+            parts, self.value_dim, channels=self.features, seconds_per_frame=1.0 / self.fs
+        )
 
     def read(self, start: int, *, masked: bool = True) -> np.ndarray:
         """Normalised values of frames ``start:start+W``: (W, C, V), NaN where absent.
@@ -172,8 +260,9 @@ class ChannelWindows:
         return block
 
     def coords(self, frames: np.ndarray, channels: np.ndarray, start: float) -> np.ndarray:
-        """Normalised (t, y, x) of samples at absolute (possibly fractional) frame indices."""
-        t = (frames + self.offsets_frames[channels] - start) / self.window
+        """(t, y, x) of samples at absolute (possibly fractional) frame indices: t in
+        frames from ``start`` over ``frames_per_unit``, space over the field of view."""
+        t = (frames + self.offsets_frames[channels] - start) / self.frames_per_unit
         yx = self.positions[channels] / self.fov
         return np.column_stack([t, yx]).astype(np.float32)
 
@@ -292,7 +381,7 @@ def sample_batch(
         held = held_out_frames(frames, block.shape[0], config, rng)
         ctx_parts.append(windows.tokens(block, start, observed & ~held[:, None]))
         qry_parts.append(windows.tokens(block, start, observed & held[:, None]))
-    return pad_tokens(ctx_parts, windows.value_dim), pad_tokens(qry_parts, windows.value_dim)
+    return windows.batch(ctx_parts), windows.batch(qry_parts)
 
 
 def held_out_frames(

@@ -7,8 +7,16 @@ import pytest
 import xarray as xr
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 
-from cst_neuro.data import ChannelWindows, Normalizer, TimeSplit, channel_view
+from cst_neuro.data import (
+    CHANNEL_FEATURES,
+    ChannelWindows,
+    Normalizer,
+    TimeSplit,
+    channel_features,
+    channel_view,
+)
 from cst_neuro.errors import InputError
 from cst_neuro.schema import new_recording
 
@@ -63,12 +71,16 @@ def test_normalizer_sees_training_frames_only(rng: np.random.Generator) -> None:
 
 def test_tokens_carry_time_offsets_and_positions(rng: np.random.Generator) -> None:
     ds = traces_recording(rng.normal(size=(40, 2)), offsets=[0.0, 0.05])  # 0.5 frame
-    windows = ChannelWindows(ds, window=8)
+    windows = ChannelWindows(ds, window=8)  # time in frames (the CST's unit)
     block = windows.read(4)
     tokens = windows.tokens(block, 4, np.ones(block.shape[:2], bool))
-    # frame 6 of ROI 1 (window frame 2) sits at (2 + 0.5) / 8 in window time
+    # frame 6 of ROI 1 (window frame 2) sits at 2 + 0.5 frames into the window
     row = np.flatnonzero(tokens["ids"] == 1)[2]
-    assert tokens["coords"][row, 0] == pytest.approx(2.5 / 8)
+    assert tokens["coords"][row, 0] == pytest.approx(2.5)
+    in_windows = ChannelWindows(ds, window=8, frames_per_unit=8)  # the paper's unit
+    assert in_windows.tokens(block, 4, np.ones(block.shape[:2], bool))["coords"][row, 0] == (
+        pytest.approx(2.5 / 8)
+    )
     assert tokens["coords"][row, 1] == pytest.approx(50 / windows.fov)
     expected = (ds["dff"].values[6, 1] - windows.normalizer.mean[1, 0]) / windows.normalizer.std[
         1, 0
@@ -121,3 +133,29 @@ def test_large_variables_stay_lazy(rng: np.random.Generator) -> None:
         ChannelWindows(ds, window=10).read(20, masked=False),
         rtol=1e-5,
     )
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    arrays(
+        np.float64,
+        st.tuples(st.integers(1, 40), st.integers(1, 4), st.integers(1, 3)),
+        elements=st.one_of(st.floats(-1e3, 1e3), st.just(np.nan)),
+    ),
+    st.floats(0.5, 500.0),
+)
+def test_channel_features_are_finite_and_bounded_for_any_samples(values, fs) -> None:
+    features = channel_features(values, fs)
+    assert features.shape == (values.shape[1], len(CHANNEL_FEATURES))
+    assert np.isfinite(features).all() and np.abs(features).max() <= 2.0
+
+
+def test_channel_features_tell_noise_from_a_slow_clean_trace() -> None:
+    rng = np.random.default_rng(0)
+    t = np.arange(4000) / 30.0
+    slow = np.sin(2 * np.pi * 0.2 * t)
+    values = np.stack([rng.standard_normal(t.size), slow], 1)[:, :, None]
+    lag1, _, _, noise, _, frame = channel_features(values, 30.0).T
+    assert abs(lag1[0]) < 0.05 and lag1[1] > 0.99
+    assert 0.9 < noise[0] < 1.1 and noise[1] < 0.05
+    assert frame == pytest.approx(np.log10(1 / 30) + 1.5)

@@ -102,6 +102,7 @@ def model_config(mode: str) -> dict[str, Any]:
             "n_layers": 2,
             "d_ff": 128,
             "n_latent_times": 0,
+            "window": 1,  # t runs over [0, 1]: attention widths start at 1/64 to 1/2 of it
             "dropout": 0.0,
             "input_noise": 0.05,
             "n_fourier": 32,
@@ -148,8 +149,8 @@ def train_spirals(
     scale = float(np.quantile(np.abs(split.train), 0.98))  # the release's normalisation
     spec = get_mode(mode)
     net = spec.build(spec.make_config({**model_config(mode), **(model or {})})).to(dev)
-    # window = 99 makes the Sobolev step one sampling interval of t (1/99)
-    sobolev = FitConfig(mode=mode, window=N_POINTS - 1, n_collocation=64).sobolev()
+    # the Sobolev step is one sampling interval of t (1/99)
+    sobolev = FitConfig(mode=mode, n_collocation=64).sobolev(step=1.0 / (N_POINTS - 1))
     step = TrainStep(net, spec, sobolev)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-2)
     rng = np.random.default_rng(seed)

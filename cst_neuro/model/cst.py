@@ -7,39 +7,45 @@ References:
    for Neural Population Decoding" (POYO), NeurIPS 2023: the latent bottleneck.
 
 A token is a value vector (V numbers: a ΔF/F sample, a flattened p×p patch, a 2-d state), a
-continuous coordinate (C numbers: t, or t, y, x) and optionally an integer identity (a ROI).
-Missing observations are absent tokens; batches of unequal length are padded and masked.
+continuous coordinate (C numbers: t, or t, y, x) and the index of its channel (a ROI, a
+patch). Time is in frames from the window's start, space in field-of-view units; the
+frame's length in seconds comes with the window, so the model sees kinetics in seconds
+(a GCaMP6s decay is as long at 7.5 Hz as at 120 Hz) and sampling in frames. Missing
+observations are absent tokens; batches of unequal length are padded and masked.
 
-- a context encoder reads the observed tokens only. Observed tokens cross-attend into latents
-  that sit on a time grid over the window (Perceiver IO / POYO), the latents self-attend,
-  and each decoder layer's keys and values of the result are cached in a `Context`;
-- a query decoder embeds a query coordinate (Fourier features plus identity) and
-  cross-attends to the context. Queries never attend to each other, so ŷ(q) depends only on
-  q and the observations, and a new query costs one small decoder pass;
-- attention is told where things are: every cross-attention adds a learned `CoordBias`,
-  -Σ_d γ_hd (c_q,d - c_k,d)² (+ β_h for the query's own identity), to its scores. Content
-  alone (q·k at init) gives uniform attention, and a decoder that averages a whole window
-  receives almost no gradient: it predicted the mean for hundreds of steps. With latents and
-  identities, each query also attends to the raw tokens of its own channel (`_gather`,
-  O(Q·(L + W)) per layer): the latents carry the population, the own-channel keys the
-  local trace that a 4-latents-per-time bottleneck cannot hold for hundreds of ROIs;
-- with `interpolant="linear"` (fit's default) the decoder predicts a correction to the linear
-  interpolant in time of the query's own channel (`interpolant`): softmax attention, a
-  convex combination, cannot express a spline's negative weights and flattens transients
-  larger than training showed, while the interpolant passes observed amplitudes through;
-  its gain is learned, globally and (`channel_gain`, fit's default) per channel: noisier
-  channels call for less of it; `readout_rank` > 0 adds a learned signed linear readout
-  of the same samples (`Readout`), weights free in sign as a learned interpolation
-  kernel's are;
+The network transfers: nothing in it belongs to one recording. A channel is known by a
+descriptor computed from the recording (`data.channel_features`: autocorrelations, noise
+share, skew, frame length), embedded and added to its tokens and queries, so one model
+can predict any recording, with any number of ROIs, planes and rate. Per-channel
+parameters (`n_ids` > 0: an identity embedding, the interpolant's gain per channel, a
+blend) are optional parts that a fit to one recording adds.
+
+- a context encoder reads the observed tokens only. They cross-attend into latents on a
+  time grid over the window (Perceiver IO / POYO), the latents self-attend, and each
+  decoder layer's keys and values of the result are cached in a `Context`;
+- a query decoder embeds a query coordinate (Fourier features of seconds and place, plus
+  the channel's descriptor) and cross-attends to the context and to the raw tokens of its
+  own channel (`_gather`). Queries never attend to each other, so ŷ(q) depends only on q
+  and the observations, and a new query costs one small decoder pass;
+- every cross-attention adds a learned `CoordBias`, -Σ_d γ_hd (c_q,d - c_k,d)², to its
+  scores: attention is local from the first step (content alone gives uniform attention,
+  and a decoder that averages a window receives almost no gradient);
+- with `interpolant="linear"` the decoder predicts a correction to the linear interpolant
+  in time of the query's own channel (`interpolant`): softmax attention, a convex
+  combination, cannot express a spline's negative weights and flattens transients larger
+  than training showed, while the interpolant passes observed amplitudes through;
+  `readout_rank` > 0 adds a learned signed linear readout of the same samples (`Readout`);
+- a fitted model blends each channel's prediction with that interpolant,
+  I + α_c (ŷ - I), α_c chosen on validation frames (`channel_blend`): a channel on which
+  the model does worse than linear interpolation falls back towards it;
 - derivatives of ŷ with respect to the query coordinate are exact at every order: the
   encoding gives the coordinate jet in closed form and `taylor` carries it through the
   decoder (`decode_derivatives`), while the encoder keeps the fast SDPA kernels.
 
 Why a latent bottleneck: a window holds 10-20k observed tokens (300 ROIs × 64 frames).
-Self-attention over all of them costs O(N²) per layer, about 4·10⁸ scores per head, far too
-slow on 2 CPU cores. With L latents the encoder costs O(N·L + L²) and decoding costs
-O(Q·L), independent of N, which keeps a 1,000-query frame within interactive latency. For
-few tokens (the IE spirals: 10 per curve) set `n_latent_times=0`: the encoder then
+Self-attention over all of them costs O(N²) per layer, far too slow on 2 CPU cores. With L
+latents the encoder costs O(N·L + L²) and decoding O(Q·(L + W)), independent of N. For few
+tokens (the IE spirals: 10 per curve) set `n_latent_times=0`: the encoder then
 self-attends over the observed tokens and the decoder attends to them directly.
 """
 
@@ -70,25 +76,36 @@ from cst_neuro.model.layers import (
 
 Interpolant = Literal["none", "linear"]
 INTERPOLANTS: tuple[str, ...] = ("none", "linear")
+FRAME_RESOLUTION = 6.0  # radians per frame beyond which time features fade (a sixth of a turn)
 
 
 @dataclass
 class CSTConfig(NetworkConfig):
+    window: int = (
+        32  # frames a window spans: the latent grid and the attention widths scale with it
+    )
     n_decoder_layers: int = 1  # query decoder blocks
-    n_fourier: int = 64  # 2 * n_fourier random Fourier features
-    fourier_scale: float | tuple[float, ...] = 8.0  # sd of the frequencies, cycles per unit
+    n_fourier: int = 64  # 2 * n_fourier Fourier features
+    time_band: tuple[float, float] | None = None  # Hz: log-spaced time frequencies (seconds)
+    fourier_scale: float | tuple[float, ...] = 8.0  # sd of random frequencies, cycles per unit
     fourier_seed: int = 0
-    n_latent_times: int = 32  # latent time grid over [0, 1]; 0 = no latents
+    n_latent_times: int = 16  # latent time grid over the window; 0 = no latents
     latents_per_time: int = 4
     interpolant: Interpolant = "none"  # "linear" = predict a correction to it
     readout_rank: int = 0  # > 0 adds a signed linear readout of own-channel samples
-    channel_gain: bool = False  # with ids: the interpolant's gain also learned per channel
+    channel_features: int = 0  # F: length of the channel descriptors the model reads; 0 = none
+    channel_gain: bool = False  # with n_ids: the interpolant's gain also learned per channel
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.n_fourier < 1:
-            raise ValueError(f"CSTConfig.n_fourier must be at least 1, got {self.n_fourier}")
-        for name in ("n_decoder_layers", "n_latent_times"):
+        if isinstance(self.time_band, list):  # from a checkpoint or a TOML file
+            self.time_band = tuple(self.time_band)  # type: ignore[assignment]
+        if isinstance(self.fourier_scale, list):
+            self.fourier_scale = tuple(self.fourier_scale)
+        for name in ("window", "n_fourier"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"CSTConfig.{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("n_decoder_layers", "n_latent_times", "channel_features", "readout_rank"):
             if getattr(self, name) < 0:
                 raise ValueError(f"CSTConfig.{name} must be 0 or more, got {getattr(self, name)}")
         if self.latents_per_time < 1:
@@ -99,15 +116,13 @@ class CSTConfig(NetworkConfig):
             raise ValueError(
                 f"CSTConfig.interpolant must be one of {INTERPOLANTS}, got {self.interpolant!r}"
             )
-        if self.interpolant != "none" and self.n_latent_times and not self.n_ids:
-            raise ValueError(
-                "CSTConfig.interpolant with latents needs identities (n_ids > 0) to find "
-                "each query's channel"
-            )
-        if self.readout_rank < 0:
-            raise ValueError(f"CSTConfig.readout_rank must be 0 or more, got {self.readout_rank}")
         if self.readout_rank and self.interpolant == "none":
             raise ValueError("CSTConfig.readout_rank needs an interpolant (it reads the same keys)")
+        band = self.time_band
+        if band is not None and not (len(band) == 2 and 0 < band[0] < band[1]):
+            raise ValueError(
+                f"CSTConfig.time_band must be (low, high) Hz with 0 < low < high, got {band}"
+            )
         scale = self.fourier_scale
         if isinstance(scale, tuple) and len(scale) != self.coord_dims:
             raise ValueError(
@@ -152,46 +167,62 @@ class Context:
     kv: list[tuple[Tensor, Tensor]]  # per decoder layer, keys and values (B, H, L, D/H)
     mask: Tensor | None  # (B, L) True for real entries; None when there is no padding
     coords: Tensor | None = None  # (B, L, C) coordinates of the memory entries
-    ids: Tensor | None = None  # (B, L) identities of the memory entries (None for latents)
+    ids: Tensor | None = None  # (B, L) channels of the memory entries (None for latents)
     time_only: bool = False  # memory entries have a time but no place (latents)
-    tokens: TokenCache | None = None  # raw tokens by channel (latents with identities)
+    tokens: TokenCache | None = None  # raw tokens by channel (latents with channels)
     values: Tensor | None = None  # (B, L, V) observed values of the memory entries (no latents)
+    channels: Tensor | None = None  # (B or 1, n_channels, D) embedded channel descriptors
+    frame_seconds: Tensor | None = None  # (B,) seconds per unit of time (a frame), or None
+    n_channels: int = 0  # channel count of the window's table (the own-channel cache's rows)
 
     def to(self, dtype: torch.dtype) -> Context:
         """The same context with floating tensors in `dtype`."""
+
+        def cast(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.to(dtype)
+
         return replace(
             self,
             memory=self.memory.to(dtype),
             kv=[(k.to(dtype), v.to(dtype)) for k, v in self.kv],
-            coords=None if self.coords is None else self.coords.to(dtype),
+            coords=cast(self.coords),
             tokens=None if self.tokens is None else self.tokens.to(dtype),
-            values=None if self.values is None else self.values.to(dtype),
+            values=cast(self.values),
+            channels=cast(self.channels),
+            frame_seconds=cast(self.frame_seconds),
         )
 
 
 class CST(nn.Module):
-    """The CST: `encode(values, coords, ids, mask) -> Context`, then
-    `decode(context, query_coords, query_ids) -> (B, Q, V)` and
+    """The CST: `encode(values, coords, ids, mask, channels=, seconds_per_frame=) -> Context`,
+    then `decode(context, query_coords, query_ids) -> (B, Q, V)` and
     `decode_derivatives(...) -> (K+1, B, Q, V)`; `forward` does both.
     """
+
+    channel_blend: Tensor | None
 
     def __init__(self, config: CSTConfig) -> None:
         super().__init__()
         self.config = config
-        D, C = config.d_model, config.coord_dims
+        D, C, W = config.d_model, config.coord_dims, config.window
         self.value_embed = nn.Linear(config.value_dim, D)
         self.id_embed = nn.Embedding(config.n_ids, D) if config.n_ids else None
         self.coord_embed = FourierEncoding(
-            C, config.n_fourier, config.fourier_scale, D, config.fourier_seed
+            C, config.n_fourier, config.fourier_scale, D, config.fourier_seed, config.time_band
         )
+        self.channel_embed: nn.Sequential | None = None
+        if config.channel_features:
+            self.channel_embed = nn.Sequential(
+                nn.Linear(config.channel_features, D), nn.GELU(), nn.Linear(D, D)
+            )
         self.latent_embed: nn.Parameter | None = None
         if config.n_latent_times:
             latent_coords = torch.zeros(config.n_latent_times, C)
-            latent_coords[:, 0] = torch.linspace(0.0, 1.0, config.n_latent_times)  # no place
+            latent_coords[:, 0] = torch.linspace(0.0, W - 1.0, config.n_latent_times)  # no place
             self.register_buffer("latent_coords", latent_coords, persistent=False)
             self.latent_embed = nn.Parameter(torch.zeros(config.latents_per_time, D))
             self.ln_tokens = nn.LayerNorm(D)
-            self.read_in = CrossBlock(config, coord_dims=1)  # latents have a time only
+            self.read_in = CrossBlock(config, coord_dims=1, window=W)  # latents: a time only
         self.encoder = nn.ModuleList([Block(config, pre_norm=True) for _ in range(config.n_layers)])
         self.ln_memory = nn.LayerNorm(D)
         latents, ids = config.n_latent_times > 0, config.n_ids > 0
@@ -201,7 +232,8 @@ class CST(nn.Module):
                     config,
                     coord_dims=1 if latents else C,
                     use_ids=ids and not latents,
-                    local=ids and latents,
+                    local=latents,
+                    window=W,
                 )
                 for _ in range(config.n_decoder_layers)
             ]
@@ -216,6 +248,11 @@ class CST(nn.Module):
         self.readout: Readout | None = None
         if config.readout_rank:
             self.readout = Readout(D, config.value_dim, config.readout_rank)
+        # α_c of I + α_c (ŷ - I): set by a fit on its validation frames, 1 = the model
+        blend = config.n_ids and config.interpolant != "none"
+        self.register_buffer(
+            "channel_blend", torch.ones(config.n_ids, config.value_dim) if blend else None
+        )
 
         self.apply(self._init_weights)
         if self.channel_gain is not None:
@@ -243,24 +280,70 @@ class CST(nn.Module):
         """Number of trainable parameters.
 
         The Fourier frequencies are a fixed buffer and never counted. With `exclude_ids`, the
-        identity table is left out: it grows with the recording (one row per ROI), not with
-        the model.
+        per-channel tables are left out: they grow with the recording, not with the model.
         """
         n = sum(p.numel() for p in self.parameters())
-        if exclude_ids and self.id_embed is not None:
-            n -= self.id_embed.weight.numel()
+        if exclude_ids:
+            for table in (self.id_embed, self.channel_gain):
+                n -= 0 if table is None else table.weight.numel()
         return n
 
-    # ---- the model ----------------------------------------------------------------------
+    # ---- embeddings -----------------------------------------------------------------------
 
-    def embed_tokens(self, values: Tensor, coords: Tensor, ids: Tensor | None = None) -> Tensor:
-        """Value + coordinate (+ identity) embedding, (B, N, D); input noise when training."""
+    def seconds_scale(
+        self, coords: Tensor, frame_seconds: Tensor | None
+    ) -> tuple[Tensor, Tensor] | None:
+        """For coordinates (B, ..., C): what turns them into seconds (B, ..., C: the frame's
+        length for time, 1 for space) and the features' gains (B, ..., 2F) that fade those
+        finer than a sixth of a frame (`FourierEncoding.attenuation`); None when
+        ``frame_seconds`` (B,) is None (time already in the Fourier units)."""
+        if frame_seconds is None:
+            return None
+        seconds = frame_seconds.to(coords.dtype)
+        lead = (seconds.shape[0], *([1] * (coords.dim() - 2)))
+        scale = torch.ones(coords.shape[-1], dtype=coords.dtype, device=coords.device)
+        scale = scale.expand(*lead, -1).clone()
+        scale[..., 0] = seconds.view(lead)
+        gain = self.coord_embed.attenuation(seconds, FRAME_RESOLUTION)
+        return scale, gain.view(*lead, -1)
+
+    def embed_coords(self, coords: Tensor, frame_seconds: Tensor | None) -> Tensor:
+        """Fourier embedding (B, ..., D) of coordinates (B, ..., C), time in seconds."""
+        scaled = self.seconds_scale(coords, frame_seconds)
+        if scaled is None:
+            return self.coord_embed(coords)
+        return self.coord_embed(coords * scaled[0], scaled[1])
+
+    def embed_channels(self, channels: Tensor | None) -> Tensor | None:
+        """Embedded channel descriptors (B or 1, n_channels, D), or None."""
+        if self.channel_embed is None:
+            return None
+        if channels is None or channels.shape[-1] != self.config.channel_features:
+            raise ValueError(
+                f"this model reads channel descriptors of {self.config.channel_features} "
+                f"features: pass channels=(B, n_channels, {self.config.channel_features})"
+            )
+        return self.channel_embed(channels)
+
+    def embed_tokens(
+        self,
+        values: Tensor,
+        coords: Tensor,
+        ids: Tensor | None = None,
+        channels: Tensor | None = None,
+        frame_seconds: Tensor | None = None,
+    ) -> Tensor:
+        """Value + coordinate (+ channel) embedding, (B, N, D); input noise when training."""
         if self.training and self.config.input_noise > 0:
             values = values + self.config.input_noise * torch.randn_like(values)
-        x = self.value_embed(values) + self.coord_embed(coords)
+        x = self.value_embed(values) + self.embed_coords(coords, frame_seconds)
+        if channels is not None and ids is not None:
+            x = x + by_query(channels, ids)
         if self.id_embed is not None:
             x = x + self.id_embed(ids)
         return x
+
+    # ---- the model ------------------------------------------------------------------------
 
     def forward(
         self,
@@ -271,24 +354,44 @@ class CST(nn.Module):
         *,
         query_coords: Tensor,
         query_ids: Tensor | None = None,
+        channels: Tensor | None = None,
+        seconds_per_frame: Tensor | None = None,
     ) -> Tensor:
-        """Predict values (B, Q, V) at query coordinates (B, Q, C) from observed tokens.
+        """Predict values (B, Q, V) at query coordinates (B, Q, C) from observed tokens."""
+        context = self.encode(
+            values, coords, ids, mask, channels=channels, seconds_per_frame=seconds_per_frame
+        )
+        return self.decode(context, query_coords, query_ids)
+
+    def encode(
+        self,
+        values: Tensor,
+        coords: Tensor,
+        ids: Tensor | None = None,
+        mask: Tensor | None = None,
+        *,
+        channels: Tensor | None = None,
+        seconds_per_frame: Tensor | None = None,
+    ) -> Context:
+        """Encode the observed tokens of a window into a Context.
 
         Args:
             values: (B, N, V) observed values.
-            coords: (B, N, C) their coordinates, normalised (time in [0, 1] over the window).
-            ids: (B, N) integer identities, when `n_ids` > 0.
+            coords: (B, N, C) their coordinates: t in frames from the window's start, then
+                y, x in field-of-view units.
+            ids: (B, N) integer channel of each token (needed with latents, for the query's
+                own channel, and whenever `n_ids` > 0).
             mask: (B, N) bool, True for real tokens, False for padding; None = all real.
-            query_coords, query_ids: (B, Q, C) and (B, Q), like coords and ids.
+            channels: (B or 1, n_channels, F) channel descriptors, when `channel_features`.
+            seconds_per_frame: (B,) the frame's length; None = time units are the Fourier
+                units themselves.
         """
-        return self.decode(self.encode(values, coords, ids, mask), query_coords, query_ids)
-
-    def encode(
-        self, values: Tensor, coords: Tensor, ids: Tensor | None = None, mask: Tensor | None = None
-    ) -> Context:
-        """Encode the observed tokens of a window (see `forward` for shapes) into a Context."""
-        check_tokens(self.config, values, coords, ids, mask)
-        x = drop.dropout(self.embed_tokens(values, coords, ids), self.config.dropout, self.training)
+        check_tokens(self.config, values, coords, ids, mask, ids_optional=True)
+        seconds = seconds_per_frame
+        embedded = self.embed_channels(channels)
+        n_channels = self._n_channels(ids, embedded)
+        x = self.embed_tokens(values, coords, ids, embedded, seconds)
+        x = drop.dropout(x, self.config.dropout, self.training)
         padding = key_padding(mask)
         if self.latent_embed is None:
             for block in self.encoder:
@@ -301,13 +404,16 @@ class CST(nn.Module):
                 coords=coords,
                 ids=ids,
                 values=values,
+                channels=embedded,
+                frame_seconds=seconds,
+                n_channels=n_channels,
             )
         B, D = x.shape[0], x.shape[-1]
-        times = self.coord_embed(self.latent_coords)  # (T, D)
-        latents = times[:, None, :] + self.latent_embed[None, :, :]  # (T, P, D)
-        latents = latents.view(1, -1, D).expand(B, -1, -1)  # (B, L, D), L = T·P
-        latent_coords = self.latent_coords.repeat_interleave(self.config.latents_per_time, 0)
-        latent_coords = latent_coords.to(coords.dtype)[None].expand(B, -1, -1)  # (B, L, C)
+        latent_coords = self.latent_coords.to(coords.dtype)[None].expand(B, -1, -1)  # (B, T, C)
+        times = self.embed_coords(latent_coords, seconds)  # (B, T, D)
+        latents = times[:, :, None, :] + self.latent_embed  # (B, T, P, D)
+        latents = latents.reshape(B, -1, D)  # (B, L, D), L = T·P
+        latent_coords = latent_coords.repeat_interleave(self.config.latents_per_time, 1)
         tokens = self.ln_tokens(x)
         k, v = self.read_in.attn.keys_values(tokens)  # (B, H, N, D/H)
         bias = self.read_in.bias(latent_coords, coords, dims=1)
@@ -315,13 +421,13 @@ class CST(nn.Module):
         for block in self.encoder:
             z = block(z)
         memory = self.ln_memory(z)
-        cache = None
-        if ids is not None:
-            table, valid = channel_table(ids, mask, self.config.n_ids)
-            projections = [block.local_kv for block in self.decoder]
-            cache = TokenCache.by_channel(
-                tokens, coords, values, table, valid, projections, self.config.n_heads
-            )
+        if ids is None:
+            raise ValueError("a model with latents needs the channel of each token: pass ids")
+        table, valid = channel_table(ids, mask, n_channels)
+        projections = [block.local_kv for block in self.decoder]
+        cache = TokenCache.by_channel(
+            tokens, coords, values, table, valid, projections, self.config.n_heads
+        )
         return Context(
             memory,
             [block.attn.keys_values(memory) for block in self.decoder],
@@ -329,13 +435,27 @@ class CST(nn.Module):
             coords=latent_coords,
             time_only=True,
             tokens=cache,
+            channels=embedded,
+            frame_seconds=seconds,
+            n_channels=n_channels,
         )
 
+    def _n_channels(self, ids: Tensor | None, channels: Tensor | None) -> int:
+        """Rows of the window's channel table: the descriptors', else the identities'."""
+        if channels is not None:
+            return channels.shape[1]
+        if self.config.n_ids:
+            return self.config.n_ids
+        if ids is None or ids.numel() == 0:
+            return 0
+        return ids.shape[1] if ids.device.type == "meta" else int(ids.max()) + 1
+
     def decode(self, context: Context, coords: Tensor, ids: Tensor | None = None) -> Tensor:
-        """Predictions (B, Q, V) at query coordinates (B, Q, C) with identities (B, Q)."""
+        """Predictions (B, Q, V) at query coordinates (B, Q, C) with channels (B, Q)."""
         check_coords(self.config, coords, "query coords")
-        check_ids(self.config, ids, coords.shape[:2], "query ids")
-        return self._decode_jet(context, self.coord_embed(coords)[None], ids, coords, None)[0]
+        check_ids(self.config, ids, coords.shape[:2], "query ids", optional=True)
+        x = self.embed_coords(coords, context.frame_seconds)[None]
+        return self._decode_jet(context, x, ids, coords, None)[0]
 
     def decode_derivatives(
         self,
@@ -348,13 +468,13 @@ class CST(nn.Module):
     ) -> Tensor:
         """Exact derivatives d^q ŷ(c + s u)/ds^q at s = 0, q = 0..order: (order + 1, B, Q, V).
 
-        `direction` u is a coordinate axis (0 = t: ∂^q ŷ/∂t^q) or a (B, Q, C) tensor of
-        directions. Computed in the parameters' dtype with autocast off, by Taylor-mode
-        propagation of the encoding's closed-form jet (and of the attention biases'
-        closed-form jets); gradients reach every parameter through one ordinary backward.
+        `direction` u is a coordinate axis (0 = t: ∂^q ŷ/∂t^q, t in frames) or a (B, Q, C)
+        tensor of directions. Computed in the parameters' dtype with autocast off, by
+        Taylor-mode propagation of the encoding's closed-form jet (and of the attention
+        biases' closed-form jets); gradients reach every parameter through one backward.
         """
         check_coords(self.config, coords, "query coords")
-        check_ids(self.config, ids, coords.shape[:2], "query ids")
+        check_ids(self.config, ids, coords.shape[:2], "query ids", optional=True)
         dtype = self.head.weight.dtype
         with autocast_off(coords.device):
             coords = coords.to(dtype)
@@ -363,8 +483,14 @@ class CST(nn.Module):
                 u[..., direction] = 1.0
             else:
                 u = direction.to(dtype).expand_as(coords)
-            jet = self.coord_embed.jet(coords, order, direction)  # (K+1, B, Q, D)
-            return taylor.to_derivatives(self._decode_jet(context.to(dtype), jet, ids, coords, u))
+            context = context.to(dtype)
+            scaled = self.seconds_scale(coords, context.frame_seconds)
+            if scaled is None:
+                jet = self.coord_embed.jet(coords, order, u)  # (K+1, B, Q, D)
+            else:
+                scale, gain = scaled
+                jet = self.coord_embed.jet(coords * scale, order, u * scale, gain)
+            return taylor.to_derivatives(self._decode_jet(context, jet, ids, coords, u))
 
     def _decode_jet(
         self,
@@ -379,6 +505,8 @@ class CST(nn.Module):
         order, B = x.shape[0] - 1, x.shape[1]
         if context.memory.shape[0] not in (1, B):
             raise ValueError(f"context has batch size {context.memory.shape[0]}, queries {B}")
+        if context.channels is not None and ids is not None:
+            x = taylor.add0(x, by_query(context.channels, ids))
         if self.id_embed is not None:
             x = taylor.add0(x, self.id_embed(ids))
         x = taylor.dropout(x, self.config.dropout, self.training)
@@ -394,7 +522,7 @@ class CST(nn.Module):
                 by_query(cache.coords, ids),  # (B, Q, M, C)
                 by_query(cache.valid, ids)[:, None],  # (B, 1, Q, M)
                 ChannelGroups.of(
-                    ids, cache.valid.shape[0], self.config.n_ids, cache.valid.shape[-1]
+                    ids, cache.valid.shape[0], context.n_channels, cache.valid.shape[-1]
                 ),
             )
         dims = 1 if context.time_only else None
@@ -407,7 +535,11 @@ class CST(nn.Module):
                 own_coords, own_mask, groups = own
                 kt, vt = (groups.rows_of(t) for t in cache.kv[i])
                 local = LocalKeys(
-                    kt, vt, groups, block.local_bias(coords, own_coords, direction, order), own_mask
+                    kt,
+                    vt,
+                    groups,
+                    block.local_bias(coords, own_coords, direction, order, dims=1),
+                    own_mask,
                 )
             x = block(x, k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1), mask, bias, local)
         x = taylor.layer_norm(x, self.ln_out.weight, self.ln_out.bias, self.ln_out.eps)
@@ -427,9 +559,12 @@ class CST(nn.Module):
             if context.ids is not None and ids is not None:
                 key_valid = key_valid & (context.ids[:, None, :] == ids[..., None])
         along = None if direction is None else direction[..., 0]
-        key_values = key_values.to(out.dtype)
+        # the interpolant passes observed amplitudes through: kept in full precision (bf16
+        # would round a value of 10 by 0.04), like everything added to it below
+        full = torch.promote_types(out.dtype, torch.float32)
+        out, x, key_values, key_times = (t.to(full) for t in (out, x, key_values, key_times))
         base = interpolant.linear_jet(
-            coords[..., 0], key_times, key_values, key_valid, order, along
+            coords[..., 0].to(full), key_times, key_values, key_valid, order, along
         )
         gain = self.interpolant_gain
         if self.channel_gain is not None and ids is not None:
@@ -437,9 +572,14 @@ class CST(nn.Module):
         out = out + base * gain
         if self.readout is not None:
             if cache is not None and ids is not None:  # once per channel, then per query
-                keys = self.readout.key(self.coord_embed(cache.coords.to(out.dtype)))
+                key_coords = cache.coords.to(out.dtype)
+                keys = self.readout.key(self.embed_coords(key_coords, context.frame_seconds))
                 keys = by_query(keys, ids)
             elif context.coords is not None:
-                keys = self.readout.key(self.coord_embed(context.coords[:, None].to(out.dtype)))
-            out = out + self.readout(x, keys, key_values, key_valid)
+                key_coords = context.coords[:, None].to(out.dtype)
+                keys = self.readout.key(self.embed_coords(key_coords, context.frame_seconds))
+            with autocast_off(out.device):  # a signed sum of observed values: full precision
+                out = out + self.readout(x, keys.to(full), key_values, key_valid)
+        if ids is not None and self.channel_blend is not None:
+            out = base + self.channel_blend[ids].to(out.dtype) * (out - base)
         return out

@@ -72,14 +72,23 @@ def check_coords(config: NetworkConfig, coords: Tensor, name: str) -> None:
         )
 
 
-def check_ids(config: NetworkConfig, ids: Tensor | None, shape: torch.Size, name: str) -> None:
-    """ValueError unless `ids` are integer `shape` exactly when the config embeds identities."""
+def check_ids(
+    config: NetworkConfig,
+    ids: Tensor | None,
+    shape: torch.Size,
+    name: str,
+    *,
+    optional: bool = False,
+) -> None:
+    """ValueError unless `ids` are integer `shape`: required when the config embeds
+    identities, and (unless `optional`, for a model that reads channels without a table of
+    its own) refused when it does not."""
     kind = type(config).__name__
     if config.n_ids and ids is None:
         raise ValueError(f"this model embeds identities (n_ids={config.n_ids}): pass {name}")
     if ids is None:
         return
-    if not config.n_ids:
+    if not config.n_ids and not optional:
         raise ValueError(
             f"{name} given but {kind}.n_ids is 0: set n_ids to the number of identities"
         )
@@ -90,7 +99,13 @@ def check_ids(config: NetworkConfig, ids: Tensor | None, shape: torch.Size, name
 
 
 def check_tokens(
-    config: NetworkConfig, values: Tensor, coords: Tensor, ids: Tensor | None, mask: Tensor | None
+    config: NetworkConfig,
+    values: Tensor,
+    coords: Tensor,
+    ids: Tensor | None,
+    mask: Tensor | None,
+    *,
+    ids_optional: bool = False,
 ) -> None:
     """ValueError naming the argument whose shape or type does not fit the config."""
     V, kind = config.value_dim, type(config).__name__
@@ -104,7 +119,7 @@ def check_tokens(
         raise ValueError(
             f"coords {tuple(coords.shape)} and values {tuple(values.shape)} differ in (B, N)"
         )
-    check_ids(config, ids, values.shape[:2], "ids")
+    check_ids(config, ids, values.shape[:2], "ids", optional=ids_optional)
     if mask is not None:
         if mask.dtype != torch.bool or mask.shape != values.shape[:2]:
             raise ValueError(
@@ -264,17 +279,19 @@ class CoordBias(nn.Module):
     bias_h(c_q, c_k) = -Σ_d γ_hd (c_q,d - c_k,d)² + β_h [id_q = id_k]: each head weighs keys
     by a Gaussian of their distance to the query (an ALiBi-like relative encoding) and,
     with identities, prefers the query's own channel. γ_hd = exp(θ_hd) starts at widths
-    spread geometrically over heads, from 1/64 to 1/2 of a window. A query's coordinate
+    spread geometrically over heads, from 1/64 to 1/2 of a window (``window`` time units
+    along time, a field of view along y and x). A query's coordinate
     along a line c + s u is linear in s, so the bias is a polynomial of degree 2 in s and its
     Taylor jet is exact and closed-form: attention can be local from the first step without
     giving up exact derivatives.
     """
 
-    def __init__(self, n_heads: int, coord_dims: int, use_ids: bool) -> None:
+    def __init__(self, n_heads: int, coord_dims: int, use_ids: bool, window: float = 1.0) -> None:
         super().__init__()
         widths = torch.logspace(math.log10(1 / 64), math.log10(1 / 2), n_heads)
-        gamma = (1.0 / (2 * widths**2)).log()
-        self.log_gamma = nn.Parameter(gamma[:, None].repeat(1, coord_dims))  # (H, C)
+        widths = widths[:, None].repeat(1, coord_dims)  # (H, C)
+        widths[:, 0] *= window
+        self.log_gamma = nn.Parameter((1.0 / (2 * widths**2)).log())
         self.id_weight = nn.Parameter(torch.full((n_heads,), 2.0)) if use_ids else None
 
     def forward(
@@ -366,7 +383,8 @@ class CrossBlock(nn.Module):
     """Cross-attention to fixed keys/values then MLP (pre-LN), on jets (K+1, B, Q, D).
 
     Reads tokens into latents (order 0) and decodes queries (any order). With `coord_dims`,
-    the scores get a `CoordBias` (relative coordinates, and identities with `use_ids`);
+    the scores get a `CoordBias` (relative coordinates, time in units of which a window
+    spans `window`, and identities with `use_ids`);
     with `local`, each query also attends to keys of its own channel (`LocalKeys`), made by
     `local_kv` from the raw tokens, with their own bias `local_bias`.
     """
@@ -377,6 +395,7 @@ class CrossBlock(nn.Module):
         coord_dims: int = 0,
         use_ids: bool = False,
         local: bool = False,
+        window: float = 1.0,
     ) -> None:
         super().__init__()
         D, H = config.d_model, config.n_heads
@@ -384,9 +403,10 @@ class CrossBlock(nn.Module):
         self.attn = Attention(config)
         self.ln_2 = nn.LayerNorm(D)
         self.mlp = MLP(config)
-        self.bias = CoordBias(H, coord_dims, use_ids) if coord_dims else None
+        self.bias = CoordBias(H, coord_dims, use_ids, window) if coord_dims else None
         self.local_kv = nn.Linear(D, 2 * D) if local else None
-        self.local_bias = CoordBias(H, config.coord_dims, False) if local else None
+        # a query and its own channel's tokens share a place: only time tells them apart
+        self.local_bias = CoordBias(H, 1, False, window) if local else None
 
     def forward(
         self,

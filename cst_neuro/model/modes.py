@@ -9,8 +9,8 @@
 Training, reconstruction, evaluation, checkpoints and the CLI look a mode up here
 (`get_mode`, `MODES`) and never branch on its name, so adding a mode touches this file only.
 Importing this module does not import torch; each method imports what it needs. Token batches are
-anything with ``values`` (B, N, V), ``coords`` (B, N, C), ``ids`` (B, N), ``mask`` (B, N)
-and ``value_mask`` (B, N, V), as `cst_neuro.data.Tokens`.
+anything with ``values`` (B, N, V), ``coords`` (B, N, C), ``ids`` (B, N), ``mask`` (B, N),
+``value_mask`` (B, N, V), ``channels`` and ``seconds_per_frame``, as `cst_neuro.data.Tokens`.
 """
 
 from __future__ import annotations
@@ -33,6 +33,11 @@ class TokenBatch(Protocol):
     ids: Tensor
     mask: Tensor
     value_mask: Tensor
+    channels: Tensor | None
+    seconds_per_frame: Tensor | None
+
+
+TIME_BAND = (0.1, 60.0)  # Hz: the CST's time features span 10 s periods to 120 Hz sampling
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,7 @@ class Mode:
     """A mode's network, its loss and its predictions; subclasses fill in the three."""
 
     name: ClassVar[str]
+    uses_prior: ClassVar[bool] = False  # fit starts from the shipped prior by default
     # FitConfig settings that let epochs end within a short budget (evaluation)
     budget_settings: ClassVar[dict[str, Any]] = {}
 
@@ -75,6 +81,10 @@ class Mode:
     def config_type(self) -> type[NetworkConfig]:
         """The dataclass of the mode's network settings."""
         raise NotImplementedError
+
+    def frames_per_unit(self, window: int) -> float:
+        """Frames per unit of the time coordinate the network reads."""
+        return float(window)  # the release's: time runs over [0, 1] in a window
 
     def make_config(self, settings: dict[str, Any]) -> NetworkConfig:
         """The mode's config from a dict (TypeError for unknown fields, ValueError for bad ones)."""
@@ -118,6 +128,7 @@ def target_mask(qry: TokenBatch) -> Tensor:
 
 class CSTMode(Mode):
     name = "cst"
+    uses_prior = True
 
     def config_type(self) -> type[NetworkConfig]:
         from cst_neuro.model.cst import CSTConfig
@@ -131,13 +142,21 @@ class CSTMode(Mode):
         return CST(config)
 
     def defaults(self, shape: DataShape) -> dict[str, Any]:
+        from cst_neuro.data import CHANNEL_FEATURES
+
         return {
             **super().defaults(shape),
+            "window": shape.window,
             "n_latent_times": max(4, shape.window // 2),
             "latents_per_time": 4,
             "interpolant": "linear",
             "channel_gain": True,  # Allen fit validation 0.831 vs 0.845 (15 epochs)
+            "channel_features": len(CHANNEL_FEATURES),
+            "time_band": TIME_BAND,
         }
+
+    def frames_per_unit(self, window: int) -> float:
+        return 1.0  # time in frames; seconds come with the batch
 
     def loss(
         self,
@@ -149,7 +168,7 @@ class CSTMode(Mode):
     ) -> Tensor:
         from cst_neuro.model.sobolev import sample_collocation, sobolev_loss
 
-        context = model.encode(ctx.values, ctx.coords, ctx.ids, ctx.mask)
+        context = self.context(model, ctx)
         points, point_ids = sample_collocation(
             ctx.coords, sobolev.n_collocation, mask=ctx.mask, ids=ctx.ids, generator=generator
         )
@@ -166,7 +185,14 @@ class CSTMode(Mode):
         ).total
 
     def context(self, model: nn.Module, ctx: TokenBatch) -> Any:
-        return model.encode(ctx.values, ctx.coords, ctx.ids, ctx.mask)
+        return model.encode(
+            ctx.values,
+            ctx.coords,
+            ctx.ids,
+            ctx.mask,
+            channels=ctx.channels,
+            seconds_per_frame=ctx.seconds_per_frame,
+        )
 
     def predict(self, model: nn.Module, context: Any, coords: Tensor, ids: Tensor | None) -> Tensor:
         return model.decode(context, coords, ids)

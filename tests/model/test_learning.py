@@ -51,6 +51,7 @@ def test_cst_learns_in_window_infill(latents: int) -> None:
             n_ids=8,
             n_latent_times=latents,
             latents_per_time=2,
+            window=1,  # coordinates in window units: t in [0, 1]
             dropout=0.0,
         )
         model = CST(config)

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from cst_neuro.data import Tokens
+from cst_neuro.data import CHANNEL_FEATURES, Tokens
 from cst_neuro.fit_config import FitConfig
 from cst_neuro.model.modes import MODES, DataShape, config_fields, get_mode
 
@@ -16,11 +16,13 @@ from cst_neuro.model.modes import MODES, DataShape, config_fields, get_mode
 def _tokens(B: int, N: int, n_ids: int, seed: int) -> Tokens:
     g = torch.Generator().manual_seed(seed)
     return Tokens(
-        coords=torch.rand(B, N, 3, generator=g),
+        coords=torch.rand(B, N, 3, generator=g) * torch.tensor([7.0, 1.0, 1.0]),
         values=torch.randn(B, N, 1, generator=g),
         ids=torch.randint(0, n_ids, (B, N), generator=g),
         mask=torch.ones(B, N, dtype=torch.bool),
         value_mask=torch.ones(B, N, 1, dtype=torch.bool),
+        channels=torch.randn(1, n_ids, len(CHANNEL_FEATURES), generator=g),
+        seconds_per_frame=torch.full((B,), 1 / 30),
     )
 
 
