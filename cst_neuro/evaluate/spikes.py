@@ -38,6 +38,19 @@ class GroundTruth:
     spikes: np.ndarray
 
 
+def is_ground_truth(path: str | Path) -> bool:
+    """Whether ``path`` is a CASCADE ground-truth ``.mat`` (a struct array ``CAttached``)."""
+    path = Path(path)
+    if path.suffix.lower() != ".mat" or not path.is_file():
+        return False
+    import scipy.io
+
+    try:
+        return any(name == "CAttached" for name, *_ in scipy.io.whosmat(path))
+    except (OSError, ValueError, NotImplementedError):
+        return False
+
+
 def load_ground_truth(path: str | Path) -> list[GroundTruth]:
     """Every recording in a CASCADE ground-truth ``.mat`` (struct array ``CAttached``)."""
     import scipy.io
