@@ -10,9 +10,10 @@ previous checkpoint or the new one, never half of one; with ``replace=False`` an
 file (say, another process's model) is never replaced.
 
 Kinds: ``model`` (a fitted model bound to the recording it was fitted to: its normaliser,
-variable and frame split) and ``progress`` (an unfinished fit, with optimiser and RNG
-states for ``fit --resume``). Format version 1 (before the mode registry: the mode inside
-``model_config``, cst-only fields in every mode's config) still loads.
+channel descriptors, variable and frame split), ``prior`` (a pretrained model bound to no
+recording, `cst_neuro.prior`) and ``progress`` (an unfinished fit or pretraining, with
+optimiser and RNG states for ``--resume``). Format version 1 (before the mode registry:
+the mode inside ``model_config``, cst-only fields in every mode's config) still loads.
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ from cst_neuro.store import remove_stale, temporary_sibling
 
 FORMAT = "cst-neuro-checkpoint"
 FORMAT_VERSION = 2
-Kind = Literal["model", "progress"]
-KINDS: tuple[str, ...] = ("model", "progress")
+Kind = Literal["model", "progress", "prior"]
+KINDS: tuple[str, ...] = ("model", "progress", "prior")
 
 
 @dataclass(frozen=True)
@@ -93,12 +94,14 @@ class Checkpoint:
     fit_config: FitConfig
     state_dict: dict[str, torch.Tensor]
     normalizer: Normalizer | None = None  # kind "model"
+    features: np.ndarray | None = None  # kind "model": (n_channels, F) channel descriptors
     data: DataBinding | None = None  # kind "model"
     history: list[dict[str, float]] = field(default_factory=list)
     best_val: float = math.inf
     optimizer: dict[str, Any] | None = None  # kind "progress"
     train_state: dict[str, Any] | None = None  # kind "progress": epoch, best weights, RNGs
     data_fingerprint: str = ""  # kind "progress": what `resume` must find again
+    info: dict[str, Any] = field(default_factory=dict)  # provenance: prior, pretraining, fit
 
     @property
     def spec(self) -> Mode:
@@ -116,9 +119,12 @@ class Checkpoint:
             "state_dict": self.state_dict,
             "history": self.history,
             "best_val": self.best_val,
+            "info": self.info,
         }
         if self.normalizer is not None:
             out["normalizer"] = self.normalizer.to_dict()
+        if self.features is not None:
+            out["channel_features"] = torch.from_numpy(np.asarray(self.features, np.float32))
         if self.data is not None:
             out["data"] = self.data.to_dict()
         if self.kind == "progress":
@@ -189,10 +195,13 @@ class Checkpoint:
             {**_table(raw.get("fit_config"), "fit_config"), "mode": mode.name},
             source=path,
         )
-        normalizer = data = None
+        normalizer = data = features = None
         if kind == "model":
             data = DataBinding.from_dict(raw.get("data"))
             normalizer = _normalizer(raw.get("normalizer"), data.n_channels)
+            if "channel_features" in raw:
+                features = _features(raw["channel_features"], data.n_channels)
+        info = _table(raw.get("info", {}), "info")
         best_val = raw.get("best_val", math.inf)
         if isinstance(best_val, bool) or not isinstance(best_val, int | float):
             raise TypeError(f"best_val must be a number, got {best_val!r}")
@@ -203,12 +212,14 @@ class Checkpoint:
             fit_config=fit_config,
             state_dict=state_dict,
             normalizer=normalizer,
+            features=features,
             data=data,
             history=list(raw.get("history", [])),
             best_val=float(best_val),
             optimizer=raw.get("optimizer"),
             train_state=raw.get("train_state"),
             data_fingerprint=str(raw.get("data_fingerprint", "")),
+            info=info,
         )
 
     def build_model(self) -> nn.Module:
@@ -326,3 +337,11 @@ def _normalizer(raw: Any, n_channels: int) -> Normalizer:
     if parts["mean"].shape != parts["std"].shape or (parts["std"] <= 0).any():
         raise ValueError("normalizer.std must be positive and shaped like normalizer.mean")
     return Normalizer(mean=parts["mean"], std=parts["std"])
+
+
+def _features(raw: Any, n_channels: int) -> np.ndarray:
+    if not isinstance(raw, torch.Tensor) or raw.dim() != 2 or raw.shape[0] != n_channels:
+        raise ValueError(f"channel_features must be a ({n_channels}, F) tensor")
+    if not torch.isfinite(raw).all():
+        raise ValueError("channel_features holds non-finite values")
+    return raw.to(torch.float32).numpy()

@@ -31,7 +31,8 @@ class FitConfig:
     max_tokens: int = 8192  # observed tokens per window; more channels are subsampled
     batch_size: int = 4
     query_fraction: float = 0.25  # share of a window's frames held out as training queries
-    lr: float = 1e-3
+    prior: str | None = None  # "default", "none" or a prior's path; None: the mode's default
+    lr: float | None = None  # None: 1e-3 from scratch, 3e-4 when fine-tuning a prior
     weight_decay: float = 1e-2
     max_epochs: int = 200
     steps_per_epoch: int = 50
@@ -77,15 +78,26 @@ class FitConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def sobolev(self) -> Any:
-        """The Sobolev loss settings: derivatives measured per frame (1/window in model units)."""
+    def resolved_prior(self) -> str:
+        """``default``, ``none`` or a path: what this fit starts from."""
+        from cst_neuro.model.modes import get_mode
+
+        if self.prior is not None:
+            return self.prior
+        return "default" if get_mode(self.mode).uses_prior else "none"
+
+    def learning_rate(self, fine_tuning: bool) -> float:
+        return self.lr if self.lr is not None else (3e-4 if fine_tuning else 1e-3)
+
+    def sobolev(self, step: float = 1.0) -> Any:
+        """The Sobolev loss settings; derivatives measured per ``step`` time units (a frame)."""
         from cst_neuro.model.sobolev import SobolevConfig
 
         return SobolevConfig(
             k=self.sobolev_k,
             p=self.sobolev_p,
             weights=self.sobolev_weight,
-            step=1.0 / self.window,
+            step=step,
             n_collocation=self.n_collocation,
         )
 
@@ -105,7 +117,6 @@ _LIMITS: dict[str, tuple[type, float | None, float | None]] = {
     "n_collocation": (int, 1, None),
     "memory_budget": (int, 0, None),
     "query_fraction": (float, 1e-6, 1.0),
-    "lr": (float, 1e-12, None),
     "weight_decay": (float, 0.0, None),
     "max_minutes": (float, 0.0, None),
     "val_fraction": (float, 0.0, 0.9),
@@ -128,6 +139,18 @@ def _check_settings(config: FitConfig, source: Any) -> None:
             raise InputError(source, f"setting {name} = {value!r} must be {bounds}")
     if config.var is not None and not isinstance(config.var, str):
         raise InputError(source, f"setting var = {config.var!r} is not a variable name")
+    lr = config.lr
+    if lr is not None and (
+        isinstance(lr, bool) or not isinstance(lr, int | float) or not 1e-12 <= lr < math.inf
+    ):
+        raise InputError(source, f"setting lr = {lr!r} must be a positive number")
+    if config.prior is not None:
+        if not isinstance(config.prior, str) or not config.prior:
+            raise InputError(
+                source, f"setting prior = {config.prior!r} is not default, none or a path"
+            )
+        if config.prior != "none" and not get_mode(config.mode).uses_prior:
+            raise InputError(source, f"mode {config.mode} trains from scratch: prior must be none")
     try:  # the data decides n_ids later; one stands in for it here
         get_mode(config.mode).make_config({"n_ids": 1, **config.model})
     except (TypeError, ValueError) as e:

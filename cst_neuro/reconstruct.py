@@ -28,7 +28,8 @@ import xarray as xr
 from torch import nn
 
 from cst_neuro.checkpoint import Checkpoint, checked_contents, load_model
-from cst_neuro.data import ChannelWindows, channel_groups, pad_tokens
+from cst_neuro.data import ChannelWindows, channel_groups
+from cst_neuro.device import autocast
 from cst_neuro.errors import InputError
 from cst_neuro.fit_config import MEMORY_BUDGET
 from cst_neuro.schema import new_recording
@@ -48,6 +49,7 @@ class Reconstructor:
         ds: xr.Dataset,
         *,
         device: str | torch.device = "cpu",
+        precision: str = "auto",
         cache_size: int = 16,
         memory_budget: int = MEMORY_BUDGET,
     ) -> None:
@@ -63,6 +65,7 @@ class Reconstructor:
         self.mode = checkpoint.spec
         self.model = model.to(device).eval()
         self.device = torch.device(device)
+        self.cast = autocast(self.device, precision)
         self.windows = ChannelWindows(
             ds,
             var=data.var,
@@ -70,6 +73,8 @@ class Reconstructor:
             patch=data.patch,
             allowed=np.asarray(ds["valid"].values, bool),
             normalizer=checkpoint.normalizer,
+            features=checkpoint.features,
+            frames_per_unit=self.mode.frames_per_unit(fit_config.window),
             memory_budget=memory_budget,
         )
         if self.windows.n_channels != data.n_channels:
@@ -135,12 +140,10 @@ class Reconstructor:
         keep = self.windows.observed(block)
         mask = np.zeros_like(keep)
         mask[:, self.groups[group]] = True
-        tokens = pad_tokens(
-            [self.windows.tokens(block, start, keep & mask)], self.windows.value_dim
-        )
+        tokens = self.windows.batch([self.windows.tokens(block, start, keep & mask)])
         if not tokens.mask.any():
             raise InputError(None, f"no observed samples in frames {start}..{start + len(keep)}")
-        with torch.no_grad():
+        with torch.no_grad(), self.cast:
             return self.mode.context(self.model, tokens.to(self.device))
 
     @torch.no_grad()
@@ -181,7 +184,9 @@ class Reconstructor:
         local = ff.ravel() - w.offsets_frames[cc.ravel()]  # sample time of each channel
         coords = torch.from_numpy(w.coords(local, cc.ravel(), start))[None].to(self.device)
         ids = torch.from_numpy(cc.ravel().astype(np.int64))[None].to(self.device)
-        pred = self.mode.predict(self.model, self.context(start, group), coords, ids)
+        context = self.context(start, group)
+        with self.cast:
+            pred = self.mode.predict(self.model, context, coords, ids)
         return pred[0].float().cpu().numpy().reshape(ff.shape[0], ff.shape[1], -1)
 
     def as_image(self, values: np.ndarray) -> np.ndarray:

@@ -19,7 +19,8 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,9 +28,10 @@ from typing import Any
 import numpy as np
 import torch
 import xarray as xr
-from torch import nn
+from torch import Tensor, nn
 
 from cst_neuro._distributed import agree, gather, process_group
+from cst_neuro.blend import BlendSummary, choose_blend
 from cst_neuro.checkpoint import Checkpoint, DataBinding, checked_contents
 from cst_neuro.data import (
     ChannelWindows,
@@ -37,16 +39,17 @@ from cst_neuro.data import (
     Tokens,
     channel_groups,
     data_fingerprint,
-    pad_tokens,
     sample_batch,
 )
-from cst_neuro.device import resolve_device
+from cst_neuro.device import autocast, resolve_device
 from cst_neuro.errors import InputError
 from cst_neuro.fit_config import FitConfig
+from cst_neuro.model.cst import CST
 from cst_neuro.model.modes import DataShape, Mode, get_mode
 from cst_neuro.model.sobolev import SobolevConfig
+from cst_neuro.prior import bound_config, load_prior, prior_name, start_from
 
-__all__ = ["FitConfig", "FitResult", "fit", "partial_path", "validation_loss"]
+__all__ = ["FitConfig", "FitResult", "fit", "partial_path"]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +61,8 @@ class FitResult:
     best_val: float
     history: list[dict[str, float]]
     stopped: str  # "early-stopping", "max-epochs", "max-minutes" or "cancelled"
+    blend: BlendSummary | None = None  # the model against linear interpolation on validation
+    prior: str = "none"  # what the fit started from
 
 
 class TrainStep(nn.Module):
@@ -71,24 +76,36 @@ class TrainStep(nn.Module):
         return self.mode.loss(self.model, ctx, qry, generator, self.sobolev)
 
 
+def optimise(
+    step_module: nn.Module,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    ctx: Tokens,
+    qry: Tokens,
+    generator: torch.Generator,
+    cast: AbstractContextManager[object],
+) -> float:
+    """One optimiser step on a batch (forward under ``cast``, gradients clipped at 1): its loss."""
+    optimizer.zero_grad(set_to_none=True)
+    with cast:
+        loss = step_module(ctx, qry, generator)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    return float(loss.detach().item())
+
+
 def data_shape(windows: ChannelWindows, config: FitConfig) -> DataShape:
     """What the mode sizes its network by."""
     train_values = int(windows.allowed.sum()) * windows.n_channels * windows.value_dim
     return DataShape(windows.value_dim, windows.n_channels, config.window, train_values)
 
 
-@torch.no_grad()
-def validation_loss(
-    model: nn.Module,
-    mode: Mode,
-    windows: ChannelWindows,
-    val: np.ndarray,
-    config: FitConfig,
-    device: torch.device,
-) -> float:
-    """MSE (normalised units) at validation frames, with context from training frames only."""
-    model.eval()
-    errors, count = 0.0, 0
+def validation_batches(
+    windows: ChannelWindows, val: np.ndarray, config: FitConfig
+) -> Iterator[tuple[Tokens, Tokens]]:
+    """(context, queries) of every window holding validation frames, per channel group:
+    queries at the validation frames, context from the training frames only."""
     for start in windows.starts(stride=config.window):
         frames = val[start : start + config.window]
         if not frames.any():
@@ -100,17 +117,29 @@ def validation_loss(
             sel[:, group] = True
             context = observed & sel & windows.allowed[start : start + config.window, None]
             queries = observed & sel & frames[:, None]
-            if not context.any() or not queries.any():
-                continue
-            ctx = pad_tokens([windows.tokens(block, start, context)], windows.value_dim)
-            qry = pad_tokens([windows.tokens(block, start, queries)], windows.value_dim)
-            ctx, qry = ctx.to(device), qry.to(device)
-            pred = mode.predict(model, mode.context(model, ctx), qry.coords, qry.ids)
-            err = ((pred - qry.values) ** 2)[qry.value_mask]
-            errors += float(err.sum())
-            count += int(err.numel())
-    model.train()
-    return errors / max(count, 1)
+            if context.any() and queries.any():
+                yield (
+                    windows.batch([windows.tokens(block, start, context)]),
+                    windows.batch([windows.tokens(block, start, queries)]),
+                )
+
+
+@torch.no_grad()
+def validation_predictions(
+    model: nn.Module,
+    mode: Mode,
+    batches: list[tuple[Tokens, Tokens]],
+    device: torch.device,
+) -> list[torch.Tensor]:
+    """The model's predictions (1, Q, V) at each batch's queries, in eval mode."""
+    was_training = model.training
+    model.eval()
+    out = []
+    for ctx, qry in batches:
+        ctx, qry = ctx.to(device), qry.to(device)
+        out.append(mode.predict(model, mode.context(model, ctx), qry.coords, qry.ids).float())
+    model.train(was_training)
+    return out
 
 
 def partial_path(output: Path) -> Path:
@@ -124,12 +153,16 @@ def fit(
     *,
     config: FitConfig | None = None,
     device: str = "auto",
+    precision: str = "auto",
     resume: bool = False,
     progress: bool = False,
     callback: Callable[[int, dict[str, float]], bool | None] | None = None,
     overwrite: bool = True,
 ) -> FitResult:
     """Train a model on ``ds`` and write the best one to ``output`` (a .pt checkpoint).
+
+    ``precision`` is ``auto`` (bf16 autocast where the hardware multiplies bf16: CUDA GPUs,
+    CPUs with AVX-512 BF16 or AMX; fp32 elsewhere), ``fp32`` or ``bf16``.
 
     ``callback(epoch, history_row)`` runs on rank 0 after each epoch (e.g. a GUI's live
     loss); returning True stops training (``stopped="cancelled"``), still writing the best
@@ -159,104 +192,52 @@ def fit(
             window=config.window,
             patch=config.patch,
             allowed=allowed,
+            frames_per_unit=mode.frames_per_unit(config.window),
             memory_budget=config.memory_budget,
         )
         fingerprint = data_fingerprint(windows.values)
-        model_config = mode.auto_config(data_shape(windows, config), config.model)
-        model = mode.build(model_config).to(dev)
-        step_module: nn.Module = TrainStep(model, mode, config.sobolev())
-        if world > 1:
-            from torch.nn.parallel import DistributedDataParallel
-
-            step_module = DistributedDataParallel(
-                step_module, device_ids=[dev.index] if dev.type == "cuda" else None
-            )
-        optimizer = torch.optim.AdamW(
-            model.parameters(), lr=config.lr, weight_decay=config.weight_decay
-        )
-        rng = np.random.default_rng([config.seed, rank])
-        gen = torch.Generator(device=dev).manual_seed(config.seed * 1000 + rank)
-        state: dict[str, Any] = {
-            "epoch": 0, "best_val": math.inf, "bad_epochs": 0, "history": [], "best": None
-        }  # fmt: skip
-        if resume:
-            state = _resume(output, model, optimizer, rng, gen, fingerprint, rank)
-        elif partial_path(output).exists() and rank == 0:
-            log.warning("%s: starting afresh; pass --resume to continue it", partial_path(output))
-        if not split.val.any() and rank == 0:
+        prior = config.resolved_prior()
+        model, model_config = _initial_model(mode, windows, config, prior)
+        model = model.to(dev)
+        val_batches = list(validation_batches(windows, split.val, config)) if rank == 0 else []
+        if rank == 0 and not val_batches:
             log.warning(
                 "no validation frames (val_fraction = %s): early stopping and the choice of "
                 "the best model use the training loss",
                 config.val_fraction,
             )
+        run = _Run(
+            mode=mode,
+            model=model,
+            config=config,
+            windows=windows,
+            device=dev,
+            rank=rank,
+            world=world,
+            val_batches=val_batches,
+            lr=config.learning_rate(fine_tuning=prior != "none"),
+        )
+        if resume:
+            run.state = _resume(output, model, run.optimizer, run.rng, run.gen, fingerprint, rank)
+        elif partial_path(output).exists() and rank == 0:
+            log.warning("%s: starting afresh; pass --resume to continue it", partial_path(output))
 
-        starts = np.flatnonzero(
-            np.convolve(allowed, np.ones(config.window), "valid") >= 2
-        )  # windows with at least two training frames
-        if starts.size == 0:
-            raise InputError(ds.attrs.get("source_name"), "no window has two training frames")
-        deadline = time.monotonic() + 60.0 * config.max_minutes
-        stopped = "max-epochs"
-        bar = _progress(config, state["epoch"], enabled=progress and rank == 0)
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else None
-        while state["epoch"] < config.max_epochs:
-            losses: list[float] = []
-            for _ in range(config.steps_per_epoch):
-                if losses and agree(time.monotonic() > deadline, world):
-                    break  # a long epoch ends at the deadline, then is validated
-                ctx, qry = (t.to(dev) for t in sample_batch(windows, starts, config, rng))
-                optimizer.zero_grad(set_to_none=True)
-                if autocast is not None:
-                    with autocast:
-                        loss = step_module(ctx, qry, gen)
-                else:
-                    loss = step_module(ctx, qry, gen)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                optimizer.step()
-                losses.append(loss.detach().item())
-            state["epoch"] += 1
-            train_loss = float(np.mean(losses))
-            stop = False
-            if rank == 0:
-                val = split.val
-                val_loss = (
-                    validation_loss(model, mode, windows, val, config, dev)
-                    if val.any()
-                    else train_loss
-                )
-                stop = _track_best(state, model, train_loss, val_loss, config.patience)
-            stop = agree(stop, world)
-            out_of_time = agree(time.monotonic() > deadline, world)
-            state["rng"] = gather(_rng_state(rng, gen), world)
-            cancel = False
-            if rank == 0:
-                _save_progress(
-                    output, model, optimizer, state, mode, model_config, config, fingerprint
-                )
-                if callback is not None:
-                    cancel = bool(callback(state["epoch"], state["history"][-1]))
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(
-                        loss=f"{state['history'][-1]['train']:.4f}",
-                        val=f"{state['history'][-1]['val']:.4f}",
-                    )
-            if agree(cancel, world):
-                stopped = "cancelled"
-                break
-            if stop:
-                stopped = "early-stopping"
-                break
-            if out_of_time:
-                stopped = "max-minutes"
-                break
-        if bar is not None:
-            bar.close()
+        def save_progress(state: dict[str, Any]) -> None:
+            _save_progress(
+                output, model, run.optimizer, state, mode, model_config, config, fingerprint
+            )
+
+        stopped = run.train(precision, save_progress, callback, progress)
+        state = run.state
         if state["best"] is None:  # no epoch finished (max_epochs=0): keep what there is
             state["best"] = _weights(model)
-        result = FitResult(output, state["epoch"], state["best_val"], state["history"], stopped)
+            if rank == 0 and val_batches:
+                state["best_val"] = run.validation_loss(math.inf)
+        blend = None
         if rank == 0:
+            model.load_state_dict(state["best"])
+            if isinstance(model, CST) and val_batches:
+                blend = choose_blend(model, val_batches, run.predict)
             binding = DataBinding(
                 var=windows.var,
                 layout=windows.layout,
@@ -268,19 +249,167 @@ def fit(
                 train_frames=split.train,
                 val_frames=split.val,
             )
+            info: dict[str, Any] = {"prior": prior_name(prior)}
+            if blend is not None:
+                info["blend"] = blend.to_dict()
             Checkpoint(
                 kind="model",
                 mode=mode.name,
                 model_config=model_config,
                 fit_config=config,
-                state_dict=state["best"],
+                state_dict=_weights(model),
                 normalizer=windows.normalizer,
+                features=windows.features,
                 data=binding,
                 history=state["history"],
                 best_val=state["best_val"],
+                info=info,
             ).save(output, replace=overwrite)
             partial_path(output).unlink(missing_ok=True)
-        return result
+        return FitResult(
+            output,
+            state["epoch"],
+            state["best_val"],
+            state["history"],
+            stopped,
+            blend,
+            prior_name(prior),
+        )
+
+
+def _initial_model(
+    mode: Mode, windows: ChannelWindows, config: FitConfig, prior: str
+) -> tuple[nn.Module, Any]:
+    """A fresh network sized for the data, or the prior bound to this recording."""
+    loaded = load_prior(prior)
+    if loaded is None:
+        model_config = mode.auto_config(data_shape(windows, config), config.model)
+        return mode.build(model_config), model_config
+    where = prior_name(prior)
+    if loaded.model_config.window != config.window:
+        raise InputError(
+            where,
+            f"the prior's windows are {loaded.model_config.window} frames, this fit's "
+            f"{config.window}: drop window, or set prior = none",
+        )
+    try:
+        model_config = bound_config(loaded, windows.n_channels, config.model)
+    except InputError as e:
+        raise InputError(where, e.problem) from None
+    model = mode.build(model_config)
+    start_from(loaded, model, where)
+    return model, model_config
+
+
+class _Run:
+    """One fit's training state and loop: epochs of steps, validation, early stopping."""
+
+    def __init__(
+        self,
+        *,
+        mode: Mode,
+        model: nn.Module,
+        config: FitConfig,
+        windows: ChannelWindows,
+        device: torch.device,
+        rank: int,
+        world: int,
+        val_batches: list[tuple[Tokens, Tokens]],
+        lr: float,
+    ) -> None:
+        self.mode, self.model, self.config, self.windows = mode, model, config, windows
+        self.device, self.rank, self.world, self.val_batches = device, rank, world, val_batches
+        sobolev = config.sobolev(step=1.0 / windows.frames_per_unit)
+        self.step_module: nn.Module = TrainStep(model, mode, sobolev)
+        if world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.step_module = DistributedDataParallel(
+                self.step_module, device_ids=[device.index] if device.type == "cuda" else None
+            )
+        self.optimizer = torch.optim.AdamW(
+            model.parameters(), lr=lr, weight_decay=config.weight_decay
+        )
+        self.rng = np.random.default_rng([config.seed, rank])
+        self.gen = torch.Generator(device=device).manual_seed(config.seed * 1000 + rank)
+        self.state: dict[str, Any] = {
+            "epoch": 0, "best_val": math.inf, "bad_epochs": 0, "history": [], "best": None
+        }  # fmt: skip
+        allowed = windows.allowed
+        self.starts = np.flatnonzero(
+            np.convolve(allowed, np.ones(config.window), "valid") >= 2
+        )  # windows with at least two training frames
+        if self.starts.size == 0:
+            raise InputError(None, "no window of the recording has two training frames")
+
+    def predict(self, model: nn.Module, batches: list[tuple[Tokens, Tokens]]) -> list[Tensor]:
+        return validation_predictions(model, self.mode, batches, self.device)
+
+    def validation_loss(self, train_loss: float) -> float:
+        if not self.val_batches:
+            return train_loss
+        errors, count = 0.0, 0
+        for pred, (_, qry) in zip(
+            self.predict(self.model, self.val_batches), self.val_batches, strict=True
+        ):
+            err = ((pred.cpu() - qry.values) ** 2)[qry.value_mask]
+            errors += float(err.sum())
+            count += int(err.numel())
+        return errors / max(count, 1)
+
+    def train(
+        self,
+        precision: str,
+        save_progress: Callable[[dict[str, Any]], None],
+        callback: Callable[[int, dict[str, float]], bool | None] | None,
+        progress: bool,
+    ) -> str:
+        """Epochs until max_epochs, early stopping, the deadline or a cancel: why it stopped."""
+        config, state, world = self.config, self.state, self.world
+        deadline = time.monotonic() + 60.0 * config.max_minutes
+        bar = _progress(config, state["epoch"], enabled=progress and self.rank == 0)
+        cast = autocast(self.device, precision)
+        stopped = "max-epochs"
+        while state["epoch"] < config.max_epochs:
+            losses: list[float] = []
+            for _ in range(config.steps_per_epoch):
+                if losses and agree(time.monotonic() > deadline, world):
+                    break  # a long epoch ends at the deadline, then is validated
+                batch = sample_batch(self.windows, self.starts, config, self.rng)
+                ctx, qry = (t.to(self.device) for t in batch)
+                losses.append(
+                    optimise(self.step_module, self.model, self.optimizer, ctx, qry, self.gen, cast)
+                )
+            state["epoch"] += 1
+            train_loss = float(np.mean(losses))
+            stop = False
+            if self.rank == 0:
+                val_loss = self.validation_loss(train_loss)
+                stop = _track_best(state, self.model, train_loss, val_loss, config.patience)
+            stop = agree(stop, world)
+            out_of_time = agree(time.monotonic() > deadline, world)
+            state["rng"] = gather(_rng_state(self.rng, self.gen), world)
+            cancel = False
+            if self.rank == 0:
+                save_progress(state)
+                if callback is not None:
+                    cancel = bool(callback(state["epoch"], state["history"][-1]))
+                if bar is not None:
+                    bar.update(1)
+                    row = state["history"][-1]
+                    bar.set_postfix(loss=f"{row['train']:.4f}", val=f"{row['val']:.4f}")
+            if agree(cancel, world):
+                stopped = "cancelled"
+                break
+            if stop:
+                stopped = "early-stopping"
+                break
+            if out_of_time:
+                stopped = "max-minutes"
+                break
+        if bar is not None:
+            bar.close()
+        return stopped
 
 
 def _weights(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -1,4 +1,4 @@
-"""Commands that train and query models: ``fit``, ``reconstruct``."""
+"""Commands that train and query models: ``fit``, ``reconstruct``, ``pretrain``."""
 
 from __future__ import annotations
 
@@ -22,6 +22,15 @@ class Device(StrEnum):
     cuda = "cuda"
 
 
+class Precision(StrEnum):
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
+PRECISION_HELP = "bf16 autocast, or fp32; auto: bf16 where the hardware multiplies it."
+
+
 @handle_errors
 def fit(
     store: Annotated[Path, typer.Argument(help="A zarr store written by cst-neuro ingest.")],
@@ -32,12 +41,24 @@ def fit(
     ] = None,
     max_epochs: Annotated[int | None, typer.Option(min=0, help="Epoch limit.")] = None,
     max_minutes: Annotated[float | None, typer.Option(min=0, help="Time budget.")] = None,
+    prior: Annotated[
+        str | None,
+        typer.Option(
+            help="Start from: default (the shipped calcium prior), none (from scratch) or a "
+            "prior file from cst-neuro pretrain. Default: the mode's (cst: default)."
+        ),
+    ] = None,
     device: Annotated[Device, typer.Option(help="Where to train.")] = Device.auto,
+    precision: Annotated[Precision, typer.Option(help=PRECISION_HELP)] = Precision.auto,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing model file.")] = False,
 ) -> None:
-    """Train a continuous model of a recording (validation on held-out frame blocks)."""
+    """Train a continuous model of a recording (validation on held-out frame blocks).
+
+    A cst model starts from the calcium prior and fine-tunes it; --max-epochs 0 binds the
+    prior to the recording without training (zero-shot).
+    """
     from cst_neuro.store import check_writable, open_store
     from cst_neuro.train import fit as run_fit
 
@@ -45,7 +66,7 @@ def fit(
     overrides = {
         k: v
         for k, v in dict(
-            mode=mode.value, max_epochs=max_epochs, max_minutes=max_minutes, seed=seed
+            mode=mode.value, max_epochs=max_epochs, max_minutes=max_minutes, seed=seed, prior=prior
         ).items()
         if v is not None
     }
@@ -57,14 +78,17 @@ def fit(
         output,
         config=settings,
         device=device.value,
+        precision=precision.value,
         resume=resume,
         progress=True,
         overwrite=overwrite,
     )
     typer.echo(
-        f"wrote {result.path} ({result.epochs} epochs, stopped by {result.stopped}, "
-        f"best validation MSE {result.best_val:.4g} in normalised units)"
+        f"wrote {result.path} ({result.epochs} epochs from prior {result.prior}, stopped by "
+        f"{result.stopped}, best validation MSE {result.best_val:.4g} in normalised units)"
     )
+    if result.blend is not None:
+        typer.echo(result.blend.line())
 
 
 @handle_errors
@@ -77,6 +101,7 @@ def reconstruct(
     ] = None,
     times: Annotated[Path | None, typer.Option(help=".npy file of query times in seconds.")] = None,
     device: Annotated[Device, typer.Option(help="Where to run the model.")] = Device.auto,
+    precision: Annotated[Precision, typer.Option(help=PRECISION_HELP)] = Precision.auto,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
 ) -> None:
     """Evaluate a model at K× the frame rate (or given times) and write a zarr store."""
@@ -90,7 +115,45 @@ def reconstruct(
     check_writable(output, overwrite=overwrite, inputs=[p for p in (model, store, times) if p])
     ds = open_store(store)
     query = None if times is None else read_times(times)
-    rec = Reconstructor.from_checkpoint(model, ds, device=resolve_device(device.value))
+    rec = Reconstructor.from_checkpoint(
+        model, ds, device=resolve_device(device.value), precision=precision.value
+    )
     out = run_reconstruct(rec, ds, upsample=upsample, times=query)
     write_recording(out, output, overwrite=overwrite, progress=True)
     typer.echo(f"wrote {output} ({out.sizes['time']} times at {out.attrs['fs']:g} Hz)")
+
+
+@handle_errors
+def pretrain(
+    output: Annotated[Path, typer.Option("-o", "--output", help="Prior checkpoint (.pt).")],
+    recordings: Annotated[
+        list[Path] | None,
+        typer.Argument(help="Real recordings to add to the synthetic corpus (stores or sources)."),
+    ] = None,
+    max_minutes: Annotated[float, typer.Option(min=0.01, help="Time budget.")] = 60.0,
+    max_steps: Annotated[int, typer.Option(min=1, help="Optimiser steps.")] = 20_000,
+    seed: Annotated[int, typer.Option(help="Random seed (the corpus replays from it).")] = 0,
+    device: Annotated[Device, typer.Option(help="Where to train.")] = Device.auto,
+    precision: Annotated[Precision, typer.Option(help=PRECISION_HELP)] = Precision.auto,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing prior file.")] = False,
+) -> None:
+    """Pretrain a calcium prior on simulated recordings (and real ones given) for fit --prior."""
+    from cst_neuro.pretrain import PretrainConfig
+    from cst_neuro.pretrain import pretrain as run_pretrain
+    from cst_neuro.store import check_writable
+
+    check_writable(output, overwrite=overwrite, inputs=list(recordings or []), store=False)
+    result = run_pretrain(
+        output,
+        config=PretrainConfig(seed=seed, max_steps=max_steps, max_minutes=max_minutes),
+        recordings=list(recordings or []),
+        device=device.value,
+        precision=precision.value,
+        resume=resume,
+        progress=True,
+    )
+    typer.echo(
+        f"wrote {result.path} ({result.steps} steps in {result.seconds / 60:.1f} min, stopped by "
+        f"{result.stopped}; validation MSE {result.best_val:.3f}x linear interpolation)"
+    )

@@ -1,4 +1,9 @@
-"""The CST model's three modes as evaluation methods: fit on observed samples, then query.
+"""The CST model's modes as evaluation methods: fit on observed samples, then query.
+
+Besides the modes themselves (``cst`` starts from the calcium prior and fine-tunes, as
+`fit` does by default), two variants of ``cst`` isolate what the prior brings, with the
+same budget: ``cst-zero-shot`` (the prior bound to the recording, no training) and
+``cst-scratch`` (``prior = none``).
 
 A model is trained with ``cst_neuro.train.fit`` on a Recording holding only the observed
 samples of the training segments (``masked_recording``): hidden samples and every sample
@@ -26,7 +31,13 @@ from cst_neuro.model.modes import MODES
 
 log = logging.getLogger(__name__)
 
-MODEL_METHODS = tuple(MODES)
+# method: (mode, fit settings it implies)
+MODEL_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
+    **{mode: (mode, {}) for mode in MODES},
+    "cst-zero-shot": ("cst", {"max_epochs": 0}),
+    "cst-scratch": ("cst", {"prior": "none"}),
+}
+DEFAULT_MODEL_METHODS = tuple(MODES)  # what `evaluate` runs when no methods are named
 WINDOW = 32  # FitConfig's default window, shortened for very short recordings
 
 
@@ -79,12 +90,12 @@ def fit_config(
 def fit_model(
     traces: Traces,
     split: Split,
-    mode: str,
+    method: str,
     seed: int,
     minutes: float,
     settings: Mapping[str, Any] | None = None,
 ) -> FittedModel:
-    """Train ``mode`` on the training segments' observed samples; bind it to all observed."""
+    """Train ``method`` on the training segments' observed samples; bind it to all observed."""
     from cst_neuro.checkpoint import load_model
     from cst_neuro.reconstruct import Reconstructor
     from cst_neuro.train import fit
@@ -92,15 +103,18 @@ def fit_model(
     finite = np.isfinite(traces.values)
     train_ds = masked_recording(traces, split.train_observed & finite, stride=split.stride)
     inputs = masked_recording(traces, split.observed & finite, stride=split.stride)
-    config = fit_config(mode, seed, minutes, train_ds.sizes["time"], settings)
+    mode, implied = MODEL_METHODS[method]
+    config = fit_config(
+        mode, seed, minutes, train_ds.sizes["time"], {**(settings or {}), **implied}
+    )
     with tempfile.TemporaryDirectory(prefix="cst-eval-") as tmp:
-        path = Path(tmp) / f"{mode}.pt"
+        path = Path(tmp) / f"{method}.pt"
         start = time.perf_counter()
         result = fit(train_ds, path, config=config)
         seconds = time.perf_counter() - start
         model, checkpoint = load_model(path)
     return FittedModel(
-        mode=mode,
+        mode=method,
         reconstructor=Reconstructor(model, checkpoint, inputs),
         model=model,
         checkpoint=checkpoint,
