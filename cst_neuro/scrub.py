@@ -33,7 +33,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,9 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from cst_neuro.errors import InputError, OutputError
+from cst_neuro.atomic import OutputKind, atomic_file, check_output
+from cst_neuro.errors import InputError
+from cst_neuro.io.movie import MARK_KEY, tiff_mark
 from cst_neuro.model import CST
 from cst_neuro.reconstruct import Reconstructor
 
@@ -52,6 +53,10 @@ TRACE_FRAMES = 128  # frames of dense reconstruction around the cursor in a trac
 TRACE_POINTS_PER_FRAME = 8  # dense trace resolution, whatever K is
 MOVIE_BLOCK = 64  # movie frames predicted per model call when exporting
 ROLES = ("reconstruction", "raw", "difference")
+MOVIE_MARK = "scrub movie"  # in the ImageJ metadata: --overwrite replaces only such movies
+MOVIE = OutputKind(
+    "a movie exported by cst-neuro", folder=False, recognise=lambda p: tiff_mark(p) == MOVIE_MARK
+)
 
 LayerData = tuple[Any, dict[str, Any], str]
 
@@ -136,6 +141,13 @@ class ScrubSession:
         same_data = meta["data"].get("fingerprint") == data_fingerprint(self.windows.values)
         val = np.asarray(meta["data"]["val_frames"], bool)
         self.held_out = val if same_data and val.size == n else np.zeros(n, bool)
+        if val.any() and not self.held_out.any():
+            log.warning(
+                "%s: the model was trained on different data than this recording; its "
+                "%d held-out frames are not marked in traces",
+                ds.attrs.get("source_name", "recording"),
+                int(val.sum()),
+            )
         self._labels, self._axes = _frame_layout(ds, self.windows.var, self.windows.layout)
         self._lock = threading.Lock()
         self.frame_shape: tuple[int, ...] = self._raw_images(np.array([0])).shape[1:]
@@ -309,7 +321,7 @@ class ScrubSession:
             raise InputError(None, f"no slider time lies in {lo:g}..{hi:g} s")
         if len(self.frame_shape) != 2:
             raise InputError(self.name, f"a movie needs (y, x) frames, not {self.frame_shape}")
-        _check_new_file(path, overwrite=overwrite)
+        path = check_output(path, MOVIE, overwrite=overwrite)
         rec = self._own_reconstructor()
 
         def pages() -> Any:
@@ -320,8 +332,7 @@ class ScrubSession:
                 for r, o in zip(recon, raw, strict=True):
                     yield from (r, o, r - o)
 
-        tmp = path.parent / f".{path.name}.partial-{uuid.uuid4().hex[:8]}"
-        try:
+        with atomic_file(path) as tmp:
             tifffile.imwrite(
                 tmp,
                 pages(),
@@ -332,15 +343,9 @@ class ScrubSession:
                     "axes": "TCYX",
                     "finterval": 1.0 / (self.upsample * self.fs),
                     "Labels": [f"{role} {t:.4f} s" for t in times for role in ROLES],
+                    MARK_KEY: MOVIE_MARK,
                 },
             )
-            os.replace(tmp, path)
-        except OSError as e:
-            tmp.unlink(missing_ok=True)
-            raise OutputError(path, f"write failed ({e.strerror or e})") from e
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
         return path
 
 
@@ -426,12 +431,3 @@ def _robust_range(values: np.ndarray) -> tuple[float, float]:
         return 0.0, 1.0
     lo, hi = (float(v) for v in np.percentile(finite, [1, 99]))
     return (lo, hi) if hi > lo else (lo, lo + 1.0)
-
-
-def _check_new_file(path: Path, *, overwrite: bool) -> None:
-    if path.exists() and not overwrite:
-        raise OutputError(path, "already exists; choose another name or allow overwriting")
-    if path.exists() and not path.is_file():
-        raise OutputError(path, "exists and is not a file; refusing to replace it")
-    if not path.parent.is_dir():
-        raise OutputError(path, f"output folder {path.parent} does not exist")

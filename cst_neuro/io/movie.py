@@ -41,6 +41,21 @@ TIME_UNITS = {"s": 1.0, "sec": 1.0, "second": 1.0, "seconds": 1.0, "ms": 1e-3}
 TIME_UNITS |= {"msec": 1e-3, "us": 1e-6, "\u00b5s": 1e-6, "min": 60.0, "minute": 60.0}
 
 
+MARK_KEY = "cst_neuro"  # ImageJ metadata key naming what cst-neuro wrote a TIFF as
+
+
+def tiff_mark(path: Path) -> str | None:
+    """The ``cst_neuro`` entry of a TIFF's ImageJ metadata (what wrote it), or None."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            mark = (tif.imagej_metadata or {}).get(MARK_KEY)
+    except Exception:  # not a TIFF, or a damaged one: not ours either way
+        return None
+    return mark if isinstance(mark, str) else None
+
+
 class ZarrFrames:
     """Series 0 of a TIFF read through tifffile's zarr store; errors become InputError.
 
