@@ -65,9 +65,11 @@ def test_folder_is_complete_or_absent(tmp_path: Path) -> None:
         (tmp / "report.json").write_text("half")
         raise KeyboardInterrupt
     assert (path / "report.json").read_text() == "{}"
-    with pytest.raises(OutputError, match="created by another process"):
-        with atomic_folder(path, overwrite=False) as tmp:
-            (tmp / "x").write_text("x")
+    with (
+        pytest.raises(OutputError, match="created by another process"),
+        atomic_folder(path, overwrite=False) as tmp,
+    ):
+        (tmp / "x").write_text("x")
     with atomic_folder(path, overwrite=True) as tmp:
         (tmp / "report.json").write_text("new")
     assert (path / "report.json").read_text() == "new"

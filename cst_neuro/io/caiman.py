@@ -1,6 +1,6 @@
 """The ``caiman`` reader: CaImAn CNMF results (spatial footprints A, temporal traces C).
 
-Owns CaImAn's two result files and the sparse-footprint helper the NWB reader shares:
+Owns CaImAn's two result files:
 
 - ``.npz`` archives as CaImAn's demos and tests save them: ``A_full`` or ``A``, a pickled
   scipy sparse matrix (pixels × components), ``C_full`` or ``C`` (components × frames),
@@ -28,9 +28,16 @@ import numpy as np
 import xarray as xr
 
 from cst_neuro.errors import InputError
+from cst_neuro.io._common import (
+    ZIP_ERRORS,
+    as_traces,
+    footprint_vars,
+    lazy_h5,
+    resolve_fs,
+    sniff,
+)
 from cst_neuro.io.base import Reader, register
 from cst_neuro.io.safe_pickle import load_npz_object
-from cst_neuro.io.traces import HDF5_MAGIC, ZIP_ERRORS, as_traces, lazy_h5, resolve_fs
 from cst_neuro.schema import frame_times, new_recording
 
 log = logging.getLogger(__name__)
@@ -38,35 +45,6 @@ log = logging.getLogger(__name__)
 A_KEYS = ("A_full", "A")
 C_KEYS = ("C_full", "C")
 RATE_KEYS = ("final_frate", "fr")
-
-
-def footprint_vars(
-    roi: np.ndarray, y: np.ndarray, x: np.ndarray, weight: np.ndarray, n_roi: int
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Footprints as the schema's pixel lists (dim ``pix``) and ``roi_y``/``roi_x`` coords.
-
-    A centroid is the weight-weighted mean pixel of its ROI; the plain mean where the
-    weights do not sum to a positive number; NaN for a ROI without pixels.
-    """
-    roi, y, x = (np.asarray(a, dtype=np.int64) for a in (roi, y, x))
-    w = np.asarray(weight, dtype=np.float64)
-    order = np.lexsort((x, y, roi))
-    roi, y, x, w = roi[order], y[order], x[order], w[order]
-    wsum = np.bincount(roi, weights=w, minlength=n_roi)
-    count = np.bincount(roi, minlength=n_roi).astype(np.float64)
-    centroids = {}
-    for name, pos in (("roi_y", y), ("roi_x", x)):
-        weighted = np.bincount(roi, weights=w * pos, minlength=n_roi) / np.where(wsum > 0, wsum, 1)
-        plain = np.bincount(roi, weights=pos, minlength=n_roi) / np.maximum(count, 1)
-        value = np.where(wsum > 0, weighted, np.where(count > 0, plain, np.nan))
-        centroids[name] = ("roi", value, {"units": "pixels"})
-    data_vars = {
-        "footprint_roi": ("pix", roi.astype(np.int32)),
-        "footprint_y": ("pix", y.astype(np.int32)),
-        "footprint_x": ("pix", x.astype(np.int32)),
-        "footprint_weight": ("pix", w.astype(np.float32)),
-    }
-    return data_vars, centroids
 
 
 def sparse_pixels(path: Path, A: Any, d1: int) -> tuple[np.ndarray, ...]:
@@ -294,24 +272,17 @@ def _accepted_mask(path: Path, accepted: Any, n_roi: int) -> np.ndarray:
 
 
 def _file_kind(path: Path) -> str:
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(8)
-    except OSError as e:
-        raise InputError(path, f"cannot read file ({e.strerror or e})") from e
-    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
-        return "npz"
-    if head == HDF5_MAGIC:
-        return "hdf5"
-    raise InputError(path, "not a CaImAn .npz or HDF5 file (unrecognised header)")
+    kind = sniff(path)
+    if kind not in ("npz", "hdf5"):
+        raise InputError(path, "not a CaImAn .npz or HDF5 file (unrecognised header)")
+    return kind
 
 
 def _looks_like_cnmf_hdf5(path: Path) -> bool:
     import h5py
 
-    with open(path, "rb") as fh:
-        if fh.read(8) != HDF5_MAGIC:
-            return False
+    if sniff(path) != "hdf5":
+        return False
     with h5py.File(path, "r") as f:
         est = f.get("estimates")
         return isinstance(est, h5py.Group) and "A" in est and "C" in est

@@ -27,9 +27,9 @@ import numpy as np
 import xarray as xr
 
 from cst_neuro.errors import InputError
+from cst_neuro.io._common import resolve_fs
 from cst_neuro.io.base import Reader, register
 from cst_neuro.io.npy import NumericFile, as_dask, rows_per_chunk
-from cst_neuro.io.traces import resolve_fs
 from cst_neuro.schema import frame_times, new_recording
 
 log = logging.getLogger(__name__)

@@ -31,9 +31,8 @@ import numpy as np
 import xarray as xr
 
 from cst_neuro.errors import InputError
+from cst_neuro.io._common import as_traces, footprint_vars, lazy_h5, resolve_fs, sniff
 from cst_neuro.io.base import Reader, register
-from cst_neuro.io.caiman import footprint_vars
-from cst_neuro.io.traces import HDF5_MAGIC, as_traces, lazy_h5, resolve_fs
 from cst_neuro.schema import new_recording
 
 log = logging.getLogger(__name__)
@@ -248,9 +247,7 @@ class NWBReader(Reader):
             path = Path(path)
             if not path.is_file():
                 return False
-            with open(path, "rb") as fh:
-                head = fh.read(520)
-            if HDF5_MAGIC not in (head[:8], head[512:520]):
+            if sniff(path) not in ("hdf5", "mat73"):
                 return False
             if path.suffix.lower() == ".nwb":
                 return True

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
 import subprocess
 import sys
 import tempfile
@@ -18,7 +17,7 @@ from hypothesis import strategies as st
 
 from cst_neuro.errors import InputError
 from cst_neuro.io import npy
-from cst_neuro.io.traces import H5Array, TracesReader
+from cst_neuro.io.traces import TracesReader
 
 READER = TracesReader()
 ALLEN = "traces/allen_vc2p_552195520_excerpt_30Hz.mat"
@@ -191,15 +190,6 @@ def test_h5_read_errors_after_open_are_input_errors(tmp_path: Path) -> None:
         fh.truncate(size // 2)
     with pytest.raises(InputError, match=r"lazy\.h5: cannot read dataset"):
         ds["F"].values  # noqa: B018
-
-
-def test_h5array_pickles_by_path(tmp_path: Path) -> None:
-    with h5py.File(tmp_path / "p.h5", "w") as f:
-        f["x"] = np.arange(12.0).reshape(3, 4)
-    arr = H5Array(tmp_path / "p.h5", "x")
-    arr[0]
-    clone = pickle.loads(pickle.dumps(arr))
-    np.testing.assert_array_equal(clone[1:], np.arange(4.0, 12.0).reshape(2, 4))
 
 
 def test_inf_becomes_nan_and_invalidates_the_frame(tmp_path: Path) -> None:
