@@ -209,7 +209,7 @@ def test_neuropil_correct(rng):
     np.testing.assert_array_equal(neuropil_correct(F), F)
     with pytest.raises(InputError, match="shape"):
         neuropil_correct(F, Fneu[:, :10])
-    with pytest.raises(InputError, match="neuropil coefficient"):
+    with pytest.raises(InputError, match=r"neuropil = -0\.1 must be >= 0"):
         neuropil_correct(F, Fneu, -0.1)
 
 
@@ -406,14 +406,16 @@ def test_neuropil_coefficient_sources(rng, caplog):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"baseline": "median"}, "unknown ΔF/F baseline 'median'"),
-        ({"win_baseline": 0.0}, "win_baseline must be > 0"),
-        ({"win_baseline": -3.0}, "win_baseline must be > 0"),
+        ({"baseline": "median"}, "setting baseline = 'median' must be one of maximin, "),
+        ({"win_baseline": 0.0}, "setting win_baseline = 0.0 must be > 0"),
+        ({"win_baseline": -3.0}, "setting win_baseline = -3.0 must be > 0"),
+        ({"win_baseline": "60"}, "setting win_baseline = '60' must be a number"),
         ({"win_baseline": 0.05}, "shorter than one frame"),
-        ({"baseline": "percentile", "prctile_baseline": 101.0}, r"\[0, 100\]"),
-        ({"baseline": "prctile", "prctile_baseline": -1.0}, r"\[0, 100\]"),
+        ({"baseline": "percentile", "prctile_baseline": 101.0}, "prctile_baseline = 101.0 must"),
+        ({"baseline": "prctile", "prctile_baseline": -1.0}, "prctile_baseline = -1.0 must be >="),
         ({"sig_baseline": -1.0}, "sig_baseline"),
-        ({"neuropil": -0.5}, "neuropil coefficient"),
+        ({"sig_baseline": float("inf")}, "sig_baseline = inf must be a finite number"),
+        ({"neuropil": -0.5}, "setting neuropil = -0.5 must be >= 0"),
         ({"guard_fraction": 0.0}, "guard_fraction"),
     ],
 )
