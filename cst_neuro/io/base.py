@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -19,6 +20,8 @@ from typing import Any, ClassVar
 import xarray as xr
 
 from cst_neuro.errors import InputError
+
+log = logging.getLogger(__name__)
 
 READER_MODULES = ("suite2p", "caiman", "nwb", "movie", "traces")
 READERS: dict[str, Reader] = {}
@@ -93,8 +96,11 @@ def guess_format(path: str | os.PathLike[str]) -> str:
         try:
             if reader.guess_can_open(path):
                 return name
-        except Exception:  # a sniffer must never stop the others
-            continue
+        except Exception as e:  # a sniffer must never stop the others, nor fail unseen
+            log.warning(
+                "%s: the %s reader's format check failed (%s: %s); trying the others",
+                path, name, type(e).__name__, e,
+            )  # fmt: skip
     raise InputError(
         path,
         f"can't tell the format (tried {', '.join(readers)}); pass --format {'|'.join(readers)}",

@@ -71,7 +71,7 @@ class _Meta:
     iplane: int | None
     shape: tuple[int, int] | None  # (Ly, Lx)
     mean_image: np.ndarray | None
-    badframes: np.ndarray | None = None  # (nframes,) bool: frames Suite2p flagged as bad
+    badframes: tuple[np.ndarray, Path] | None = None  # (nframes,) bool flags and their file
 
 
 @dataclass
@@ -155,12 +155,25 @@ def _read_meta(folder: Path) -> _Meta:
     )
 
 
-def _badframes(found: tuple[Any, Path | None]) -> np.ndarray | None:
-    """Suite2p's per-frame ``badframes`` flags as a bool vector (None if absent or not 1-D)."""
-    value, _ = found
-    if not isinstance(value, np.ndarray) or value.ndim != 1 or value.dtype.kind not in "biuf":
+def _badframes(found: tuple[Any, Path | None]) -> tuple[np.ndarray, Path] | None:
+    """Suite2p's per-frame ``badframes`` flags (a 0/1 vector) and their file, if present.
+
+    Anything else (indices, a table, text) is an InputError: guessing what it means
+    would mark the wrong frames, and ignoring it would pass bad frames off as valid.
+    """
+    value, path = found
+    if value is None or path is None:
         return None
-    return value.astype(bool)
+    flags = np.asarray(value) if isinstance(value, np.ndarray | list) else None
+    if flags is None or flags.ndim != 1 or flags.dtype.kind not in "biuf":
+        what = type(value).__name__ if flags is None else f"a {flags.dtype} array {flags.shape}"
+        raise InputError(path, f"badframes is {what}, not Suite2p's per-frame flags (0/1)")
+    if not np.isin(flags, (0, 1)).all():
+        raise InputError(
+            path, "badframes holds values other than 0 and 1 (frame indices?); expected "
+            "one 0/1 flag per frame"
+        )  # fmt: skip
+    return flags.astype(bool), path
 
 
 def _mark_bad_frames(ds: xr.Dataset, metas: list[_Meta], n_frames: int) -> xr.Dataset:
@@ -168,8 +181,12 @@ def _mark_bad_frames(ds: xr.Dataset, metas: list[_Meta], n_frames: int) -> xr.Da
     bad = np.zeros(n_frames, bool)
     for meta in metas:
         if meta.badframes is not None:
-            k = min(n_frames, meta.badframes.size)
-            bad[:k] |= meta.badframes[:k]
+            flags, path = meta.badframes
+            if flags.size > n_frames:
+                raise InputError(
+                    path, f"badframes flags {flags.size} frames but the traces have {n_frames}"
+                )
+            bad[: flags.size] |= flags
     if bad.any():
         ds["valid"] = ds["valid"] & xr.DataArray(~bad, dims="time")
     ds.attrs["n_bad_frames"] = int(bad.sum())
