@@ -186,6 +186,24 @@ def test_export_movie(traces, tmp_path: Path) -> None:
     with pytest.raises(InputError, match="no slider time"):
         session.export_movie(tmp_path / "none.tif", 50, 60)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["movie.tif"]  # no partial files
+    session.export_movie(path, 0.5, 0.55, overwrite=True)  # its own earlier export: replaced
+    tifffile.imwrite(tmp_path / "raw.tif", np.zeros((3, 8, 8), np.uint16))  # a user's movie
+    with pytest.raises(OutputError, match="not a movie exported by cst-neuro; not replacing"):
+        session.export_movie(tmp_path / "raw.tif", 0.5, 0.6, overwrite=True)
+    assert tifffile.imread(tmp_path / "raw.tif").shape == (3, 8, 8)
+
+
+def test_held_out_frames_of_other_data_are_not_marked_and_say_so(
+    traces, caplog: pytest.LogCaptureFixture
+) -> None:
+    ds, path, session = traces
+    assert session.held_out.any()  # the very data it trained on: validation frames marked
+    other = ds.copy()
+    other["dff"] = ds["dff"] * 2
+    with caplog.at_level("WARNING", logger="cst_neuro.scrub"):
+        moved = ScrubSession.from_checkpoint(path, other, upsample=K)
+    assert not moved.held_out.any()
+    assert "trained on different data than this recording" in caplog.text
 
 
 def test_export_reconstruction(traces, tmp_path: Path) -> None:
