@@ -253,13 +253,13 @@ def _dff_rows(
     guarded = np.zeros(n_roi, dtype=np.int32)
     sigma = sigma if method == "maximin" else 0.0
     work = _Workspace(T, win, sigma, group=min(n_roi, _ROW_GROUP))
-    subtract = Fneu is not None and coefficient != 0
+    neuropil = Fneu if coefficient != 0 else None
     for start in range(0, n_roi, _ROW_GROUP):
         stop = min(n_roi, start + _ROW_GROUP)
         f_rows = _time_rows(F, start, stop, out=work.f_rows)
         fc_rows = f_rows
-        if subtract:
-            fc_rows = _time_rows(Fneu, start, stop, out=work.n_rows)
+        if neuropil is not None:
+            fc_rows = _time_rows(neuropil, start, stop, out=work.n_rows)
             fc_rows *= -np.float32(coefficient)
             fc_rows += f_rows  # F - r * Fneu
         for i in range(stop - start):

@@ -236,6 +236,7 @@ class ScrubSession:
             channel = int(self._labels[tuple(index)])
             return None if channel < 0 else self.roi_selection(channel)
         y, x = index
+        assert self.windows.grid_shape is not None  # no labels: a grid, so patches
         p, nx = self.windows.patch, self.windows.grid_shape[1]
         return Selection((y // p) * nx + x // p, (y % p) * p + x % p, f"pixel (y {y}, x {x})")
 
@@ -419,9 +420,11 @@ def _frame_layout(ds: xr.Dataset, var: str, layout: str) -> tuple[np.ndarray | N
         return strip, ([1.0, 1.0], [0.0, 0.0], ["roi row", "roi"], ["", ""])
     data, kw = layer[0], layer[1]
     skip = 1 if layout == "grid" else 0  # the grid layer's time axis
-    axes = tuple(list(kw[k][skip:]) for k in ("scale", "translate", "axis_labels", "units"))
+    scale, translate, names, units = (
+        list(kw[k][skip:]) for k in ("scale", "translate", "axis_labels", "units")
+    )
     labels = None if layout == "grid" else np.asarray(data, np.int64) - 1
-    return labels, axes  # type: ignore[return-value]
+    return labels, (scale, translate, names, units)
 
 
 def _robust_range(values: np.ndarray) -> tuple[float, float]:

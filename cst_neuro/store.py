@@ -202,7 +202,8 @@ def _guarded(ds: xr.Dataset, path: Path) -> xr.Dataset:
     """``ds`` with every non-index variable as dask over ``_StoreArray`` (zarr's chunks)."""
     import dask.array as da
 
-    data_vars, coords = {}, {}
+    data_vars: dict[Any, xr.Variable] = {}
+    coords: dict[Any, xr.Variable] = {}
     for name, var in ds.variables.items():
         if name in ds.indexes or var.ndim == 0:
             continue

@@ -1,15 +1,20 @@
-"""What every command shares: the error contract (``error: ...``, exit 2) and logging."""
+"""What every command shares: the error contract (``error: ...``, exit 2), logging, outputs."""
 
 from __future__ import annotations
 
 import functools
 import logging
 import sys
+import typing
+import zipfile
+import zlib
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
 
+from cst_neuro.atomic import OutputKind
 from cst_neuro.errors import CSTNeuroError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -49,7 +54,7 @@ def handle_errors(func: F) -> F:
             typer.echo("interrupted", err=True)
             raise typer.Exit(130) from None
 
-    return wrapper  # type: ignore[return-value]
+    return typing.cast(F, wrapper)
 
 
 def setup_logging(verbose: bool) -> None:
@@ -59,3 +64,22 @@ def setup_logging(verbose: bool) -> None:
         format="%(levelname)s: %(message)s",
         stream=sys.stderr,
     )
+
+
+def is_checkpoint(path: Path) -> bool:
+    """Whether ``path`` is a checkpoint cst-neuro wrote, read without unpickling anything.
+
+    ``torch.save`` writes a zip archive whose ``data.pkl`` holds the pickled dict; a
+    cst-neuro checkpoint's has the format name ``cst_neuro.checkpoint.FORMAT`` in it.
+    """
+    from cst_neuro.checkpoint import FORMAT
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            pickles = [n for n in zf.namelist() if n.rsplit("/", 1)[-1] == "data.pkl"]
+            return len(pickles) == 1 and FORMAT.encode() in zf.read(pickles[0])
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error):
+        return False
+
+
+CHECKPOINT = OutputKind("a checkpoint written by cst-neuro", folder=False, recognise=is_checkpoint)

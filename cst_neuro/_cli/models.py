@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from cst_neuro._cli.common import fail, handle_errors
+from cst_neuro._cli.common import CHECKPOINT, fail, handle_errors
 
 
 class Mode(StrEnum):
@@ -39,11 +39,12 @@ def fit(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing model file.")] = False,
 ) -> None:
     """Train a continuous model of a recording (validation on held-out frame blocks)."""
-    from cst_neuro.store import check_writable, open_store
+    from cst_neuro.atomic import check_output
+    from cst_neuro.store import open_store
     from cst_neuro.train import FitConfig
     from cst_neuro.train import fit as run_fit
 
-    check_writable(output, overwrite=overwrite, inputs=[store], store=False)
+    output = check_output(output, CHECKPOINT, overwrite=overwrite, inputs=[store])
     overrides = {
         k: v
         for k, v in dict(

@@ -194,11 +194,14 @@ def persistence(f: Forecasting) -> np.ndarray:
     return bl.persistence(f.history, f.horizon)
 
 
-def autoregression(f: Forecasting, *, method: str) -> np.ndarray:
-    """Per-ROI AR(p) (``ar``) or ridge VAR(1) (``var``), chosen on validation origins."""
-    fit_fn, run = (bl.fit_ar, bl.ar_forecast) if method == "ar" else (bl.fit_var, bl.var_forecast)
-    fits = [fit_fn(f.z, f.train, *p.values()) for p in bl.GRIDS[method]]
-    val = [f.val_nmse(run(f.val_history, f.horizon, fit), f.val_truth) for fit in fits]
+def autoregression(
+    f: Forecasting, *, fit: Callable[..., Any], run: Callable[..., np.ndarray], grid: str
+) -> np.ndarray:
+    """A linear forecaster fitted on training frames per setting of ``GRIDS[grid]``, the
+    setting chosen on validation origins (``fit``/``run``: ``fit_ar``/``ar_forecast`` or
+    ``fit_var``/``var_forecast``)."""
+    fits = [fit(f.z, f.train, *p.values()) for p in bl.GRIDS[grid]]
+    val = [f.val_nmse(run(f.val_history, f.horizon, params), f.val_truth) for params in fits]
     return run(f.history, f.horizon, fits[int(np.nanargmin(val))])
 
 
@@ -216,7 +219,13 @@ register(Method("nearest", "spatial", functools.partial(spatial_idw, k=1), needs
 register(Method("idw", "spatial", functools.partial(spatial_idw, k=8), needs_positions=True))
 register(Method("ridge", "spatial", spatial_ridge))
 register(Method("persistence", "forecast", persistence))
-register(Method("ar", "forecast", functools.partial(autoregression, method="ar")))
-register(Method("var", "forecast", functools.partial(autoregression, method="var")))
+register(
+    Method("ar", "forecast", functools.partial(autoregression, fit=bl.fit_ar, run=bl.ar_forecast,
+                                               grid="ar"))
+)  # fmt: skip
+register(
+    Method("var", "forecast", functools.partial(autoregression, fit=bl.fit_var,
+                                                run=bl.var_forecast, grid="var"))
+)  # fmt: skip
 for _name in MODEL_METHODS:
     register(Method(_name, MODEL, None))

@@ -13,6 +13,7 @@ averaged over the test curves; the noise variance (about 0.45e-3) is its floor.
 from __future__ import annotations
 
 import time
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -196,7 +197,8 @@ def _tokens(curves: np.ndarray, dev: Any) -> tuple[Any, Any]:
         coords = torch.tensor(T[idx], dtype=torch.float32, device=dev).expand(b, n)[..., None]
         values = torch.tensor(curves[:, idx], dtype=torch.float32, device=dev)
         ones = torch.ones(b, n, dtype=torch.bool, device=dev)
-        return Tokens(coords, values, None, ones, values.new_ones(values.shape, dtype=torch.bool))
+        no_ids = typing.cast(torch.Tensor, None)  # one channel: Tokens takes None for ids
+        return Tokens(coords, values, no_ids, ones, values.new_ones(values.shape, dtype=torch.bool))
 
     return tokens(OBSERVED), tokens(HELD)
 
@@ -212,5 +214,6 @@ def predict(model: Any, curves: np.ndarray, scale: float, dev: Any) -> np.ndarra
     with torch.no_grad():
         for s in range(0, len(curves), 50):
             ctx, qry = _tokens(curves[s : s + 50] / scale, dev)
-            out.append(predict_tokens(model, ctx, qry.coords, None).cpu().numpy())
+            no_ids = typing.cast(torch.Tensor, None)  # one channel: no query ids
+            out.append(predict_tokens(model, ctx, qry.coords, no_ids).cpu().numpy())
     return np.concatenate(out) * scale

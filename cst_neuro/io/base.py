@@ -14,6 +14,7 @@ import inspect
 import logging
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -37,13 +38,12 @@ class Reader:
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    # ``open(path, *, option=default, ...)``: each reader declares its own options
+    open: Callable[..., xr.Dataset]
 
     def guess_can_open(self, path: Path) -> bool:
         """Whether ``path`` looks like this format (cheap: names and magic bytes only)."""
         return False
-
-    def open(self, path: Path, **options: Any) -> xr.Dataset:  # pragma: no cover
-        raise NotImplementedError
 
     def option_names(self) -> set[str]:
         """The keyword-only options ``open`` accepts."""

@@ -47,7 +47,9 @@ C_KEYS = ("C_full", "C")
 RATE_KEYS = ("final_frate", "fr")
 
 
-def sparse_pixels(path: Path, A: Any, d1: int) -> tuple[np.ndarray, ...]:
+def sparse_pixels(
+    path: Path, A: Any, d1: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(roi, y, x, weight) of the nonzero entries of A (pixels × components, Fortran)."""
     import scipy.sparse as sp
 

@@ -63,7 +63,7 @@ class ZarrFrames:
     lifetime; pickling drops it so that dask workers reopen the file by path.
     """
 
-    def __init__(self, path: Path, flags: dict[str, bool], shape: tuple[int, ...], dtype: Any):
+    def __init__(self, path: Path, flags: dict[str, Any], shape: tuple[int, ...], dtype: Any):
         self.path, self.flags = Path(path), dict(flags)
         self.shape, self.dtype, self.ndim = tuple(shape), np.dtype(dtype), len(shape)
         self._lock = threading.Lock()
@@ -91,7 +91,8 @@ class ZarrFrames:
         return {"path": self.path, "flags": self.flags, "shape": self.shape, "dtype": self.dtype}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(**state)  # type: ignore[misc]
+        self.__dict__.update(state, ndim=len(state["shape"]), _array=None)
+        self._lock = threading.Lock()
 
 
 def movie_shape(path: Path, shape: tuple[int, ...], axes: str) -> tuple[int, int, int]:
@@ -120,7 +121,7 @@ def _describe(path: Path) -> dict[str, Any]:
     """Series 0 of the TIFF: shape, axes, dtype, data offset, ImageJ metadata, open flags."""
     import tifffile
 
-    flags: dict[str, bool] = {}
+    flags: dict[str, Any] = {}
     for attempt in range(2):
         with tifffile.TiffFile(path, **flags) as tif:
             series = tif.series

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import tokenize
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any, Protocol
 
 import numpy as np
 
@@ -74,7 +74,7 @@ class NumericFile:
         out = np.empty((n, *self.shape[1:]), dtype=self.dtype)
         if n == 0 or out.nbytes == 0:
             return out
-        buf = memoryview(out.reshape(-1).view(np.uint8))
+        buf = out.reshape(-1).view(np.uint8).data  # a writable memoryview of ``out``
         try:
             fd = os.open(self.path, os.O_RDONLY)
         except OSError as e:
@@ -122,7 +122,7 @@ class NumericFile:
 
 
 def read_npy_header(
-    fh: BinaryIO, source: str | os.PathLike[str]
+    fh: IO[bytes], source: str | os.PathLike[str]
 ) -> tuple[tuple[int, ...], bool, np.dtype]:
     """(shape, Fortran order, dtype) of the ``.npy`` header at ``fh``'s position.
 
@@ -180,7 +180,17 @@ def _file_size(path: Path) -> int:
         raise read_error(path, e) from e
 
 
-def as_dask(array: NumericFile | np.ndarray, chunks: Any) -> Any:
+class LazyArray(Protocol):
+    """What ``as_dask`` wraps: shape, dtype, ndim and numpy indexing (read on demand)."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    ndim: int
+
+    def __getitem__(self, key: Any) -> np.ndarray: ...
+
+
+def as_dask(array: LazyArray | np.ndarray, chunks: Any) -> Any:
     """Wrap a lazy file (or an in-memory array) as a dask array without reading it."""
     import dask.array as da
 

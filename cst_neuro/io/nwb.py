@@ -140,7 +140,10 @@ def series_times(path: Path, s: Any, n_frames: int, fs: float | None) -> tuple[n
     return t, rate
 
 
-def _masks(table: Any, name: str, rows: np.ndarray) -> tuple[np.ndarray, ...] | None:
+Masks = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]
+
+
+def _masks(table: Any, name: str, rows: np.ndarray) -> Masks | None:
     """(position, x, y, z, weight) of a ragged pixel/voxel mask column, rows in order."""
     if name not in table.colnames:
         return None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import datetime
+import importlib
 import io
 import os
 import pickle
@@ -27,9 +28,9 @@ from cst_neuro.io.npy import read_npy_header
 
 def _numpy_data_globals() -> dict[tuple[str, str], Any]:
     try:
-        from numpy._core import multiarray
+        multiarray = importlib.import_module("numpy._core.multiarray")
     except ImportError:  # numpy < 2
-        from numpy.core import multiarray  # type: ignore[no-redef]
+        multiarray = importlib.import_module("numpy.core.multiarray")
     allowed: dict[tuple[str, str], Any] = {
         ("numpy", "ndarray"): np.ndarray,
         ("numpy", "dtype"): np.dtype,
@@ -62,7 +63,8 @@ def _sparse_globals() -> dict[tuple[str, str], Any]:
 
     import scipy.sparse as sp
 
-    allowed: dict[tuple[str, str], Any] = {("copyreg", "__newobj__"): copyreg.__newobj__}
+    newobj = copyreg.__dict__["__newobj__"]  # a helper typeshed does not list
+    allowed: dict[tuple[str, str], Any] = {("copyreg", "__newobj__"): newobj}
     for cls in (sp.csc_matrix, sp.csr_matrix, sp.coo_matrix, sp.csc_array, sp.csr_array):
         short = cls.__module__.rsplit(".", 1)[-1].lstrip("_")  # scipy < 1.8 had no underscore
         for module in {cls.__module__, "scipy.sparse", f"scipy.sparse.{short}"}:

@@ -197,7 +197,8 @@ def _count(value: Any, path: Path | None, key: str, *, least: int = 0) -> int:
     """A whole number in ``least``..MAX_COUNT, or InputError naming the file."""
     if isinstance(value, bool) or not isinstance(value, int | np.integer | float | np.floating):
         raise InputError(path, f"{key} is {value!r}, expected a whole number")
-    number = float(value) if abs(value) < 2**63 else float("inf")
+    huge = isinstance(value, int | np.integer) and abs(int(value)) >= 2**63  # float() overflows
+    number = float("inf") if huge else float(value)
     if not (np.isfinite(number) and least <= number <= MAX_COUNT and number.is_integer()):
         raise InputError(path, f"{key} is {value!r}, expected a whole number in {least}..2^40")
     return int(value)
@@ -378,10 +379,10 @@ def _combined_lengths(rois: _Rois) -> np.ndarray:
                 siblings[k] / "F.npy",
                 f"{n} frames but combined/F.npy has only {rois.n_frames}; combined/ is out of date",
             )
-    if any(n is None for n in lengths):
-        found = _trailing_zeros(rois.traces["F"], rois.plane, n_planes)
-        lengths = [int(f) if n is None else n for n, f in zip(lengths, found, strict=True)]
-    for k, n in enumerate(lengths):
+    found = _trailing_zeros(rois.traces["F"], rois.plane, n_planes) if None in lengths else None
+    counts = [int(found[k]) if n is None and found is not None else int(n or 0)
+              for k, n in enumerate(lengths)]  # fmt: skip
+    for k, n in enumerate(counts):
         if n < rois.n_frames and np.any(rois.plane == k):
             logger.info(
                 "%s: plane %d has %d of %d frames; the padding is NaN",
@@ -390,7 +391,7 @@ def _combined_lengths(rois: _Rois) -> np.ndarray:
                 n,
                 rois.n_frames,
             )
-    return np.asarray(lengths, dtype=np.int64)[rois.plane]
+    return np.asarray(counts, dtype=np.int64)[rois.plane]
 
 
 def _plane_frames(folder: Path) -> int | None:
@@ -531,7 +532,8 @@ def _locate(path: Path) -> tuple[str, Path]:
 
 def _source_name(folder: Path) -> str:
     """Folder name, prefixed by its parents while they are generic (plane0, suite2p...)."""
-    names, current = [], Path(os.path.abspath(folder))
+    names: list[str] = []
+    current = Path(os.path.abspath(folder))
     while current.name:
         names.insert(0, current.name)
         if not _GENERIC_DIR.fullmatch(current.name) or len(names) == 3:
@@ -569,8 +571,8 @@ def _pixel_coords(shape: tuple[int, int]) -> dict:
 
 def _images(metas: list[_Meta], planes: list[int]) -> tuple[dict, dict]:
     """``mean_image`` (y, x), or (plane, y, x) when several planes share Ly/Lx; and coords."""
-    images = [m.mean_image for m in metas]
-    if any(im is None for im in images) or len({im.shape for im in images}) != 1:
+    images = [m.mean_image for m in metas if m.mean_image is not None]
+    if len(images) < len(metas) or len({im.shape for im in images}) != 1:
         if len(images) > 1:
             logger.info(
                 "%s: planes differ in Ly/Lx or lack meanImg; no mean image", metas[0].folder
@@ -635,10 +637,10 @@ def _roi_vars(parts: list[_Rois], keeps: list[np.ndarray], n_frames: int) -> dic
             _lazy_trace(p.traces[name], k, p.frames_valid, n_frames) for p, k in pairs if k.size
         ]
         data_vars[name] = (("time", "roi"), da.concatenate(blocks, axis=0).T)
-    if all(p.iscell is not None for p in parts):
-        data_vars["iscell"] = ("roi", np.concatenate([p.iscell[k] for p, k in pairs]))
-    if all(p.cell_prob is not None for p in parts):
-        data_vars["cell_prob"] = ("roi", np.concatenate([p.cell_prob[k] for p, k in pairs]))
+    for name in ("iscell", "cell_prob"):
+        labels = [(getattr(p, name), k) for p, k in pairs]
+        if all(values is not None for values, _ in labels):
+            data_vars[name] = ("roi", np.concatenate([v[k] for v, k in labels]))
     data_vars.update(_footprints(parts, keeps))
     return data_vars
 

@@ -19,6 +19,7 @@ MAT v5 load into memory. The result is ``F(time, roi)`` float32 with ``trace_kin
 
 from __future__ import annotations
 
+import functools
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -110,8 +111,12 @@ def _scan_mat5(path: Path) -> dict[str, _Entry]:
         if name.startswith("__") or not isinstance(value, np.ndarray):
             continue
         numeric = not value.dtype.hasobject and value.dtype.kind in "iuf"
-        entries[name] = _Entry(name, value.shape, numeric, lambda v=value: v)
+        entries[name] = _Entry(name, value.shape, numeric, functools.partial(_same, value))
     return entries
+
+
+def _same(value: np.ndarray) -> np.ndarray:
+    return value
 
 
 def _scan_hdf5(path: Path, *, matlab: bool) -> dict[str, _Entry]:

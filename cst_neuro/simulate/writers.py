@@ -230,7 +230,7 @@ def _stat(sim: SimulatedRecording, rois: np.ndarray, moments: _Moments, *, layou
             "npix_norm": np.float32(y.size / mean_npix),
             "skew": np.float32(skew[i]), "std": np.float32(std[i]),
         }  # fmt: skip
-        if layout == "v0":
+        if masks is not None:  # Suite2p 0.x only
             d["solidity"] = 1.0
             d["neuropil_mask"] = masks[i]
         else:
