@@ -243,8 +243,8 @@ def run_cli(*args: str, timeout: float = 120, cwd: Path | None = None) -> tuple[
     return done.returncode, done.stdout, done.stderr
 
 
-def cst_config(path: Path, **settings: Any) -> Path:
-    """A tiny, fast ``fit --config`` TOML (a few CPU seconds), with overrides."""
+def cst_config(path: Path, model: dict[str, int], **settings: Any) -> Path:
+    """A tiny, fast ``fit --config`` TOML (a few CPU seconds) of ``model``, with overrides."""
     base = {
         "window": 16,
         "batch_size": 2,
@@ -256,8 +256,7 @@ def cst_config(path: Path, **settings: Any) -> Path:
         **settings,
     }
     lines = [f"{k} = {v!r}" for k, v in base.items()]
-    lines += ["[model]", "d_model = 16", "n_heads = 2", "n_layers = 1", "d_ff = 32"]
-    lines += ["n_fourier = 8"]
+    lines += ["[model]", *(f"{k} = {v!r}" for k, v in model.items())]
     path.write_text("\n".join(lines) + "\n")
     return path
 
