@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import xarray as xr
-from pydantic import AfterValidator
+from pydantic import AfterValidator, Field
 
 from cst_neuro.io import open_recording
+from cst_neuro.io._common import MAX_FS
 from cst_neuro.io.base import READER_MODULES
 from cst_neuro.preprocess import Baseline
 from cst_neuro.store import check_writable, write_recording
@@ -38,7 +39,7 @@ class IngestSettings:
     """The options of ``ingest`` (and of a batch file's ``[ingest]`` table), checked first."""
 
     format: Annotated[str, AfterValidator(_known_format)] = "auto"
-    fs: PositiveReal | None = None  # Hz; overrides the file's rate
+    fs: Annotated[PositiveReal, Field(le=MAX_FS)] | None = None  # Hz; overrides the file's
     time_axis: Literal[0, 1] | None = None  # traces: 0 = time × roi, 1 = roi × time
     neuropil: NonNegativeReal | None = None  # the neuropil coefficient r
     baseline: Baseline = "maximin"
@@ -112,4 +113,18 @@ def ingest(
     settings = validate_table(IngestSettings, options)
     check_writable(output, overwrite=overwrite, inputs=[source])
     ds = prepare_recording(source, **settings)
-    return write_recording(ds, output, overwrite=overwrite, progress=progress)
+    path = write_recording(ds, output, overwrite=overwrite, progress=progress)
+    _warn_if_empty(path)
+    return path
+
+
+def _warn_if_empty(store: Path) -> None:
+    """Log a warning when no frame of a written store is valid (nothing to model)."""
+    from cst_neuro.store import open_store
+
+    valid = open_store(store)["valid"].values
+    if not valid.any():
+        log.warning(
+            "%s: none of its %d frames is valid (every sample missing or non-finite)",
+            store, valid.size,
+        )  # fmt: skip

@@ -63,7 +63,7 @@ from scipy import ndimage
 
 from cst_neuro.errors import InputError
 from cst_neuro.io import npy
-from cst_neuro.schema import dumps_params
+from cst_neuro.schema import dumps_params, finite_frames
 from cst_neuro.validation import NonNegativeReal, PositiveReal, validated
 
 logger = logging.getLogger(__name__)
@@ -75,6 +75,7 @@ GUARD_FRACTION = 0.01  # F0 below 1 % of the ROI's mean |F| counts as "near zero
 GAUSS_TRUNCATE = 4.0  # as scipy.ndimage.gaussian_filter1d
 _ROW_GROUP = 32  # ROIs copied together into time-contiguous rows (cache-friendly)
 _F32_MAX = float(np.finfo(np.float32).max)
+MAX_WINDOW = 2**28  # frames of a running baseline window (2 GiB of work space)
 
 
 @dataclass(frozen=True)
@@ -418,7 +419,8 @@ def compute_dff(
     warning, when neither is given and ``Fneu`` exists). Dask-backed traces stay lazy:
     they are processed in blocks of all frames of ~64 MiB of ROIs (existing blocks of
     all frames are kept), so memory is bounded by a few blocks. Sets attrs
-    ``dff_method``, ``dff_params`` (JSON) and ``neuropil_coefficient``.
+    ``dff_method``, ``dff_params`` (JSON) and ``neuropil_coefficient``. ``valid`` then
+    describes the ΔF/F (NaN where F or Fneu is missing), still False on flagged frames.
     """
     path = ds.attrs.get("source_name")
     settings = _settings(
@@ -484,6 +486,10 @@ def compute_dff(
     dff.attrs = {"long_name": "ΔF/F", "units": "1"}
     guarded.attrs = {"long_name": "samples whose ΔF/F denominator was floored by the guard"}
     out = ds.assign(dff=dff, dff_guarded=guarded)
+    # ``valid`` describes what a model reads: the ΔF/F (NaN where F or Fneu is), and any
+    # frames the source flagged (Suite2p badframes) stay invalid
+    valid = finite_frames(out)
+    out["valid"] = ds["valid"] & valid if "valid" in ds else valid
     out.attrs = {
         **ds.attrs,
         "dff_method": baseline,
@@ -530,7 +536,14 @@ def _window_frames(settings: DffSettings, path: str | None) -> int:
     fs, win_baseline = settings.fs, settings.win_baseline
     if fs is None:
         raise InputError(path, "a running baseline needs the sampling rate fs")
-    win = int(win_baseline * fs)  # Suite2p: win = int(win_baseline * fs)
+    span = win_baseline * fs
+    if not span <= MAX_WINDOW:  # inf too: checked before any work space is allocated
+        raise InputError(
+            path, f"the {win_baseline:g} s baseline window at {fs:g} Hz spans {span:.3g} "
+            f"frames, whose work space would need {8 * span / 2**30:.3g} GiB; is the "
+            "sampling rate right?"
+        )  # fmt: skip
+    win = int(span)  # Suite2p: win = int(win_baseline * fs)
     if win < 1:
         raise InputError(
             path, f"win_baseline {win_baseline} s is shorter than one frame at {fs} Hz"

@@ -103,7 +103,8 @@ def finite_frames(ds: xr.Dataset) -> xr.DataArray:
     A frame is valid when every channel (ROI, pixel) of the primary signal is finite,
     ignoring channels that are never finite (one dead ROI must not invalidate every
     frame). When the data is split along time into several chunks, "never finite" cannot
-    be known block by block without a second pass, so there every channel counts.
+    be known block by block without a second pass, so there every channel counts. When
+    no channel has a finite sample at all, no frame is valid: there is nothing to read.
     """
     name = next((v for v in PRIMARY_VARS if v in ds), None)
     if name is None:
@@ -119,7 +120,8 @@ def finite_frames(ds: xr.Dataset) -> xr.DataArray:
 
     data = var.data
     if not hasattr(data, "map_blocks"):  # numpy
-        return xr.DataArray(frames_complete(data, ignore_dead=True).reshape(-1), dims="time")
+        complete = frames_complete(data, ignore_dead=True).reshape(-1)
+        return xr.DataArray(complete & bool(np.isfinite(data).any()), dims="time")
     ones = tuple((1,) * len(c) for c in data.chunks[1:])
     partial = data.map_blocks(
         frames_complete,
@@ -127,7 +129,10 @@ def finite_frames(ds: xr.Dataset) -> xr.DataArray:
         dtype=bool,
         chunks=(data.chunks[0], *ones),
     )  # (time, 1 per block, ...): one small partial per block, no block kept
-    return xr.DataArray(partial.all(axis=axes), dims="time")
+    import dask.array as da
+
+    alive = da.isfinite(data).any()  # read in the same pass when computed together
+    return xr.DataArray(partial.all(axis=axes) & alive, dims="time")
 
 
 def dumps_params(params: Mapping[str, Any]) -> str:

@@ -458,3 +458,24 @@ def test_real_suite2p_recording(shared_data):
     ok = out["dff_guarded"].values == 0
     want = ((Fc - flow) / flow).T
     np.testing.assert_allclose(dff[:, ok], want[:, ok], rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("fs", [1e12, 1e308])
+def test_an_absurd_rate_is_refused_before_allocating(rng, fs: float) -> None:
+    F, Fneu = positive_traces(rng, T=50, R=2)
+    ds = recording(F, Fneu, coefficient=0.7, name="session.npy")
+    ds.attrs["fs"] = fs
+    with pytest.raises(InputError, match=r"session\.npy: the 60 s baseline window at .* GiB"):
+        compute_dff(ds)
+
+
+def test_valid_describes_the_dff_a_model_reads(rng) -> None:
+    F, Fneu = positive_traces(rng, T=50, R=3)
+    Fneu[7, 1] = np.nan  # F is finite there, but ΔF/F = F - r Fneu is not
+    ds = recording(F, Fneu, coefficient=0.7)
+    assert ds["valid"].values.all()
+    out = compute_dff(ds)
+    assert np.isnan(out["dff"].values[7, 1]) and not out["valid"].values[7]
+    assert out["valid"].values.sum() == 49
+    dead = recording(np.full_like(F, np.nan), Fneu, coefficient=0.7)
+    assert not compute_dff(dead)["valid"].values.any()  # nothing to read: nothing valid

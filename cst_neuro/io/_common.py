@@ -14,6 +14,7 @@ format and imports only from here, ``npy`` (numeric files), ``mat5`` (MATLAB fil
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import zipfile
@@ -26,6 +27,8 @@ import numpy as np
 from cst_neuro.errors import InputError
 from cst_neuro.io.mat5 import mat_version
 from cst_neuro.io.npy import as_dask, read_error, rows_per_chunk
+
+log = logging.getLogger(__name__)
 
 NPY_MAGIC = b"\x93NUMPY"
 ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
@@ -55,19 +58,66 @@ def sniff(path: Path) -> str | None:
     return "mat5" if mat_version(head) == "5" else None
 
 
-def resolve_fs(path: Path, fs: float | None, stored: float | None, timestamps: Any = None) -> float:
-    """The rate in Hz: the ``fs`` option, else the file's, else 1 / median timestamp step."""
-    if fs is not None:
-        if not np.isfinite(fs) or fs <= 0:
-            raise InputError(path, f"--fs must be a positive number of Hz, got {fs!r}")
-        return float(fs)
-    if stored is not None:
-        if not np.isfinite(stored) or stored <= 0:
-            raise InputError(path, f"the file's sampling rate is {stored!r}, not a positive Hz")
-        return float(stored)
+MAX_FS = 1e6  # Hz: no imaging frame rate is faster; a larger "rate" is a units mistake
+RATE_TOLERANCE = 0.01  # relative: two rates closer than this are the same rate
+
+
+def check_rate(path: Path, value: Any, what: str) -> float:
+    """``value`` (an option, or whatever a file stores) as a rate in Hz, or InputError.
+
+    One finite number in (0, ``MAX_FS``]: not text, not an empty or longer array.
+    """
+    arr = np.asarray(value) if not isinstance(value, str | bytes) else np.asarray(None)
+    if arr.size != 1 or arr.dtype.kind not in "iuf":
+        raise InputError(path, f"{what} is {value!r}, not a number of Hz")
+    rate = float(arr.reshape(-1)[0])
+    if not (np.isfinite(rate) and rate > 0):
+        raise InputError(path, f"{what} must be a positive number of Hz, got {value!r}")
+    if rate > MAX_FS:
+        raise InputError(
+            path, f"{what} {rate:g} Hz is beyond any imaging frame rate (at most {MAX_FS:g} "
+            "Hz); is it in Hz?"
+        )  # fmt: skip
+    return rate
+
+
+def resolve_fs(path: Path, fs: Any, stored: Any, timestamps: Any = None) -> float:
+    """The rate in Hz: the ``fs`` option, else the file's, else 1 / median timestamp step.
+
+    Each is checked (``check_rate``). The timestamps are the frames' times, so an option
+    that contradicts them is an error; a rate stored in the file that disagrees with the
+    option or the timestamps gives way to them, with a warning naming both.
+    """
+    times = None
     if timestamps is not None and len(timestamps) > 1:
-        return float(1.0 / np.median(np.diff(timestamps)))
+        step = float(np.median(np.diff(timestamps)))
+        times = check_rate(path, 1.0 / step if step > 0 else 0.0, "the rate of its timestamps")
+    stored = None if stored is None else check_rate(path, stored, "the file's sampling rate")
+    if fs is not None:
+        fs = check_rate(path, fs, "--fs")
+        if times is not None and not _same_rate(fs, times):
+            raise InputError(
+                path, f"--fs {fs:g} Hz contradicts the file's timestamps ({times:g} Hz); "
+                "leave --fs out"
+            )  # fmt: skip
+        if stored is not None and not _same_rate(fs, stored):
+            log.warning("%s: --fs %g Hz overrides the file's sampling rate %g Hz", path, fs, stored)
+        return fs
+    if stored is not None and times is not None and not _same_rate(stored, times):
+        log.warning(
+            "%s: the file's sampling rate %g Hz disagrees with its timestamps (%g Hz); "
+            "using the timestamps", path, stored, times,
+        )  # fmt: skip
+        return times
+    if stored is not None:
+        return stored
+    if times is not None:
+        return times
     raise InputError(path, "no sampling rate in the file; pass --fs HZ")
+
+
+def _same_rate(a: float, b: float) -> bool:
+    return abs(a - b) <= RATE_TOLERANCE * max(a, b)
 
 
 def as_traces(arr: Any, time_ax: int) -> Any:
@@ -166,16 +216,30 @@ def lazy_h5(path: Path, name: str) -> Any:
     return as_dask(arr, row_chunks(arr.shape, arr.dtype.itemsize))
 
 
+MAX_PIXEL = 2**31 - 1  # footprint coordinates are stored as int32
+MAX_WEIGHT = float(np.finfo(np.float32).max)  # and weights as float32
+
+
 def footprint_vars(
-    roi: np.ndarray, y: np.ndarray, x: np.ndarray, weight: np.ndarray, n_roi: int
+    path: Path, roi: Any, y: Any, x: Any, weight: Any, n_roi: int
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Footprints as the schema's pixel lists (dim ``pix``) and ``roi_y``/``roi_x`` coords.
 
     A centroid is the weight-weighted mean pixel of its ROI; the plain mean where the
-    weights do not sum to a positive number; NaN for a ROI without pixels.
+    weights do not sum to a positive number; NaN for a ROI without pixels. Coordinates
+    that are not whole numbers in 0..2^31-1 and weights that are NaN, inf or beyond
+    float32 are an InputError naming ``path`` (never stored wrapped or as NaN).
     """
-    roi, y, x = (np.asarray(a, dtype=np.int64) for a in (roi, y, x))
+    roi = np.asarray(roi, dtype=np.int64)
+    y, x = (_pixel_indices(path, a, axis, roi) for a, axis in ((y, "y"), (x, "x")))
     w = np.asarray(weight, dtype=np.float64)
+    bad = ~(np.abs(w) <= MAX_WEIGHT)  # NaN too
+    if bad.any():
+        rois = ", ".join(str(r) for r in np.unique(roi[bad])[:5])
+        raise InputError(
+            path, f"{int(bad.sum())} footprint weights are NaN, inf or beyond float32 "
+            f"(ROI {rois}); the footprints are damaged"
+        )  # fmt: skip
     order = np.lexsort((x, y, roi))
     roi, y, x, w = roi[order], y[order], x[order], w[order]
     wsum = np.bincount(roi, weights=w, minlength=n_roi)
@@ -193,3 +257,19 @@ def footprint_vars(
         "footprint_weight": ("pix", w.astype(np.float32)),
     }
     return data_vars, centroids
+
+
+def _pixel_indices(path: Path, values: Any, axis: str, roi: np.ndarray) -> np.ndarray:
+    """Footprint pixel indices along ``axis`` as int64, or InputError naming ``path``."""
+    v = np.asarray(values)
+    if v.dtype.kind not in "biuf":
+        raise InputError(path, f"footprint {axis} coordinates are {v.dtype}, not numbers")
+    f = v.astype(np.float64)
+    bad = ~((f >= 0) & (f <= MAX_PIXEL) & (f == np.round(f)))  # NaN too
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise InputError(
+            path, f"footprint {axis} coordinate {v[first].item()!r} of ROI {roi[first]} is not a "
+            f"pixel index (a whole number in 0..{MAX_PIXEL})"
+        )  # fmt: skip
+    return f.astype(np.int64)

@@ -89,13 +89,14 @@ def _npz_names(path: Path) -> set[str]:
         raise InputError(path, f"not a readable .npz archive ({e})") from e
 
 
-def _rate_in(mapping: Any) -> float | None:
-    """``final_frate``/``fr`` in ``mapping['params']`` or in ``mapping`` itself."""
+def _rate_in(mapping: Any) -> Any:
+    """``final_frate``/``fr`` in ``mapping['params']`` or in ``mapping`` itself, as stored
+    (``resolve_fs`` checks it)."""
     for scope in (mapping.get("params") if isinstance(mapping, dict) else None, mapping):
         if isinstance(scope, dict):
             for k in RATE_KEYS:
-                if isinstance(scope.get(k), int | float | np.number | np.ndarray):
-                    return float(np.asarray(scope[k]).reshape(-1)[0])
+                if scope.get(k) is not None:
+                    return scope[k]
     return None
 
 
@@ -174,7 +175,7 @@ def read_hdf5(path: Path) -> dict[str, Any]:
         raise
     except (OSError, KeyError, ValueError, TypeError) as e:
         raise InputError(path, f"cannot read the CaImAn HDF5 file ({e})") from e
-    fs = None if rate is None else float(np.asarray(rate).reshape(-1)[0])
+    fs = rate  # resolve_fs checks it
     C = lazy_h5(path, "estimates/C")
     return {
         "A": A,
@@ -225,7 +226,7 @@ class CaimanReader(Reader):
         n_roi, n_frames = check_shapes(path, A, C)
         d1, d2 = image_dims(path, A.shape[0], res["dims"], dims)
         fs = resolve_fs(path, fs, res["fs"])
-        fp, centroids = footprint_vars(*sparse_pixels(path, A, d1), n_roi)
+        fp, centroids = footprint_vars(path, *sparse_pixels(path, A, d1), n_roi)
         data_vars: dict[str, Any] = {
             "F": xr.Variable(("time", "roi"), as_traces(C, 1), {"trace_kind": "caiman_C"}),
             **fp,

@@ -192,7 +192,7 @@ def read_footprints(path: Path, table: Any, rows: np.ndarray, swap: bool) -> dic
     if swap:
         x, y = y, x
         shape = None if shape is None else shape[::-1]
-    fp, centroids = footprint_vars(pos, y, x, w, len(rows))
+    fp, centroids = footprint_vars(path, pos, y, x, w, len(rows))
     if z is not None:
         first = np.full(len(rows), -1, dtype=np.int64)
         first[pos[::-1]] = np.asarray(z)[::-1]

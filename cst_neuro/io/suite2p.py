@@ -41,6 +41,7 @@ import numpy as np
 import xarray as xr
 
 from cst_neuro.errors import InputError
+from cst_neuro.io._common import check_rate
 from cst_neuro.io.base import Reader, register
 from cst_neuro.io.npy import NumericFile, as_dask, open_npy, open_raw, rows_per_chunk
 from cst_neuro.io.safe_pickle import load_npy_object
@@ -218,25 +219,39 @@ def _mean_image(found: tuple[Any, Path | None], shape: tuple[int, int] | None) -
     return image.astype(np.float32)
 
 
-def _rate(meta: _Meta, override: float | None, where: Path) -> float:
-    """Sampling rate (Hz): the override, else ``fs`` from settings/ops."""
+def _rate(metas: list[_Meta], override: float | None, where: Path) -> float:
+    """Sampling rate (Hz): the override, else ``fs`` from settings/ops of every plane.
+
+    Without an override every plane must state the same valid rate (a plane's bad ``fs``
+    is an error, not skipped); with one, planes that state another rate are warned about.
+    """
+    found = [(meta.fs[0], meta.fs[1] or where) for meta in metas if meta.fs[0] is not None]
     if override is not None:
-        return _positive(override, where, "sampling rate (--fs)")
-    value, path = meta.fs
-    if value is None:
-        files = ", ".join(meta.files) or "no ops.npy/settings.npy"
+        rate = check_rate(where, override, "--fs")
+        ignored = sorted({repr(value) for value, _ in found if not _same(value, rate)})
+        if ignored:
+            logger.warning("%s: --fs %g Hz overrides fs = %s in the folder", where, rate,
+                           ", ".join(ignored))  # fmt: skip
+        return rate
+    if not found:
+        files = ", ".join(metas[0].files) or "no ops.npy/settings.npy"
         raise InputError(where, f"no sampling rate in {files}; pass --fs HZ")
-    return _positive(value, path, "fs (pass --fs HZ to override)")
+    rates = [check_rate(path, value, "fs (pass --fs HZ to override)") for value, path in found]
+    for (_, path), rate in zip(found, rates, strict=True):
+        if not _same(rate, rates[0]):
+            raise InputError(
+                path, f"fs {rate:g} Hz differs from the first plane's {rates[0]:g} Hz; "
+                "pass --fs HZ"
+            )  # fmt: skip
+    return rates[0]
 
 
-def _positive(value: Any, path: Path | None, what: str) -> float:
+def _same(value: Any, rate: float) -> bool:
+    """Whether a stored ``fs`` is the rate ``rate`` (to the last digit that matters)."""
     try:
-        rate = float(value)
+        return bool(abs(float(value) - rate) <= 1e-6 * rate)
     except (TypeError, ValueError):
-        rate = float("nan")
-    if not (np.isfinite(rate) and rate > 0):
-        raise InputError(path, f"{what} must be a positive number of Hz, got {value!r}")
-    return rate
+        return False
 
 
 def _neuropil(meta: _Meta, override: float | None, where: Path) -> float:
@@ -672,7 +687,7 @@ def _build(
     movie: bool,
 ) -> xr.Dataset:
     """The Recording of ``parts`` (one per plane folder, or one for a plane/combined folder)."""
-    rate = _rate(metas[0], fs, folder)
+    rate = _rate(metas, fs, folder)
     coef = _neuropil(metas[0], neuropil, folder)
     nplanes = _nplanes(metas[0], parts, folder)
     keeps = _selection(parts, all_rois, folder)

@@ -228,14 +228,15 @@ def read_timestamps(path: Path, entries: dict[str, _Entry]) -> np.ndarray | None
     return t
 
 
-def read_rate(path: Path, entries: dict[str, _Entry], data: _Entry) -> float | None:
-    """A sampling rate stored in the file (a scalar rate key or attribute), if any."""
+def read_rate(path: Path, entries: dict[str, _Entry], data: _Entry) -> Any:
+    """A sampling rate stored in the file (a rate attribute or scalar key), as stored.
+
+    ``resolve_fs`` checks it: an attribute of text or of no or many values is an error.
+    """
     values = [v for k, v in data.attrs.items() if k in RATE_KEYS]
     scalars = [e for e in entries.values() if e.numeric and _named(e, RATE_KEYS)]
     values += [e.load() for e in scalars if int(np.prod(e.shape)) == 1]
-    for value in values:
-        return float(np.asarray(value, dtype=np.float64).reshape(-1)[0])
-    return None
+    return values[0] if values else None
 
 
 def time_axis_of(path: Path, entry: _Entry, time_axis: int | None, n_times: int | None) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 from pathlib import Path
 
 import h5py
@@ -69,7 +70,22 @@ def test_footprint_vars_centroids() -> None:
     roi = np.array([0, 0, 1, 1])
     y, x = np.array([0, 2, 5, 7]), np.array([1, 1, 3, 5])
     w = np.array([1.0, 3.0, 0.0, 0.0])  # ROI 1 has zero weights: plain mean
-    fp, cen = footprint_vars(roi, y, x, w, 3)  # ROI 2 has no pixels: NaN
+    fp, cen = footprint_vars(Path("f.nwb"), roi, y, x, w, 3)  # ROI 2 has no pixels: NaN
     np.testing.assert_allclose(cen["roi_y"][1], [1.5, 6.0, np.nan])
     np.testing.assert_allclose(cen["roi_x"][1], [1.0, 4.0, np.nan])
     assert fp["footprint_y"][1].dtype == np.int32 and fp["footprint_weight"][1].dtype == np.float32
+
+
+@pytest.mark.parametrize(
+    ("y", "w", "problem"),
+    [
+        ([0, 4e9], [1.0, 1.0], "coordinate 4000000000.0 of ROI 0 is not a pixel index"),
+        ([0, -1], [1.0, 1.0], "coordinate -1 of ROI 0 is not a pixel index"),
+        ([0, 1.5], [1.0, 1.0], "coordinate 1.5 of ROI 0"),
+        ([0, 1], [np.nan, np.nan], "2 footprint weights are NaN, inf or beyond float32"),
+        ([0, 1], [1.0, 1e39], "1 footprint weights are NaN, inf or beyond float32"),
+    ],
+)
+def test_footprints_that_cannot_be_stored_faithfully_are_errors(y, w, problem) -> None:
+    with pytest.raises(InputError, match=rf"f\.nwb: .*{re.escape(problem)}"):
+        footprint_vars(Path("f.nwb"), [0, 0], np.asarray(y), [1, 1], np.asarray(w), 1)
