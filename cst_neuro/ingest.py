@@ -17,9 +17,9 @@ import xarray as xr
 from pydantic import AfterValidator, Field
 
 from cst_neuro.io import open_recording
-from cst_neuro.io._common import MAX_FS
 from cst_neuro.io.base import READER_MODULES
 from cst_neuro.preprocess import Baseline
+from cst_neuro.schema import MAX_FS
 from cst_neuro.store import check_writable, write_recording
 from cst_neuro.validation import NonNegativeReal, Pair, PositiveInt, PositiveReal, validate_table
 

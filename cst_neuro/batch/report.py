@@ -21,6 +21,7 @@ from cst_neuro.batch.steps import STEPS
 
 SUMMARY_CSV = "summary.csv"
 SUMMARY_MD = "summary.md"
+SUMMARY_NAMES = (SUMMARY_CSV, SUMMARY_MD)
 BASE_COLUMNS = ("recording", "status", "error", "duration_s", "ran", "skipped", "input")
 
 

@@ -19,12 +19,13 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from cst_neuro.atomic import check_output
 from cst_neuro.errors import InputError
 from cst_neuro.evaluate import metrics as mt
 from cst_neuro.evaluate.methods import METHODS, MODEL, Forecasting, available_methods
 from cst_neuro.evaluate.models import WINDOW, FittedModel, fit_model
 from cst_neuro.evaluate.recording import Traces, load_traces, masked_recording
-from cst_neuro.evaluate.report import EvaluationReport
+from cst_neuro.evaluate.report import REPORT, EvaluationReport
 from cst_neuro.evaluate.tasks import Split, Task, forecast_origins, make_split, segments
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,8 @@ def evaluate_store(
     forecasting; ``factor`` sets upsampling. ``fit_settings`` override FitConfig fields of
     the model fits (as a ``cst-neuro fit --config`` TOML would).
     """
+    if out_dir is not None:
+        check_output(out_dir, REPORT, overwrite=True)  # before any work; again when written
     traces = load_traces(store)
     spec = Task(task, factor=factor, fraction=fraction, block=block, horizon=horizon)
     report = evaluate_traces(
@@ -89,6 +92,7 @@ def evaluate_traces(
     ``queries`` maps each method to its frames -> (Q, C) z-scored predictor (interpolation
     tasks), so extra analyses (spike timing) reuse the very models that were scored.
     """
+    spec.check(traces.shape[0], traces.name)
     chosen = _resolve_methods(spec, traces, methods)
     if seeds < 1:
         raise InputError(None, f"seeds must be 1 or more, got {seeds}")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -74,6 +75,22 @@ class Task:
             raise InputError(None, f"in-filling fraction must be in (0, 1), got {self.fraction}")
         if self.block < 1 or self.horizon < 1:
             raise InputError(None, "block and horizon must be 1 or more")
+
+    def check(self, n_frames: int, source: Any = None) -> None:
+        """InputError naming ``source`` when ``n_frames`` frames cannot hold this task.
+
+        Checked before any work: an upsampling factor that leaves a tenth of the recording
+        (a segment) fewer than two observed frames has nothing to interpolate between.
+        """
+        if n_frames < 2 * N_SEGMENTS:
+            raise InputError(source, f"a recording of {n_frames} frames is too short to evaluate")
+        per_segment = n_frames // N_SEGMENTS
+        if self.name == "upsample" and 2 * self.factor > per_segment:
+            raise InputError(
+                source, f"upsampling factor {self.factor} is too large for {n_frames} frames: "
+                f"each tenth ({per_segment} frames) needs two observed frames, so the factor "
+                f"can be at most {per_segment // 2}"
+            )  # fmt: skip
 
     @property
     def kind(self) -> TaskKind:

@@ -27,6 +27,7 @@ import numpy as np
 from cst_neuro.errors import InputError
 from cst_neuro.io.mat5 import mat_version
 from cst_neuro.io.npy import as_dask, read_error, rows_per_chunk
+from cst_neuro.schema import MAX_FS
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,6 @@ def sniff(path: Path) -> str | None:
     return "mat5" if mat_version(head) == "5" else None
 
 
-MAX_FS = 1e6  # Hz: no imaging frame rate is faster; a larger "rate" is a units mistake
 RATE_TOLERANCE = 0.01  # relative: two rates closer than this are the same rate
 
 
@@ -67,6 +67,8 @@ def check_rate(path: Path, value: Any, what: str) -> float:
 
     One finite number in (0, ``MAX_FS``]: not text, not an empty or longer array.
     """
+    if isinstance(value, np.generic):
+        value = value.item()  # shown as 30.0, not np.float64(30.0)
     arr = np.asarray(value) if not isinstance(value, str | bytes) else np.asarray(None)
     if arr.size != 1 or arr.dtype.kind not in "iuf":
         raise InputError(path, f"{what} is {value!r}, not a number of Hz")

@@ -209,3 +209,19 @@ def test_cnmf_hdf5_without_estimates(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"x\.hdf5: not a CaImAn result") as info:
         READER.open(tmp_path / "x.hdf5", fs=1.0)
     assert str(info.value).count("x.hdf5") == 1  # named once, not wrapped twice
+
+
+@pytest.mark.parametrize(
+    ("fr", "problem"),
+    [
+        (np.zeros(0), "the file's sampling rate is array\\(\\[\\], dtype=float64\\), not a number"),
+        (np.array([20.0, 30.0]), "not a number of Hz"),
+        (-20.0, "must be a positive number of Hz"),
+        (1e9, "beyond any imaging frame rate"),
+    ],
+)
+def test_cnmf_rate_is_checked(tmp_path: Path, rng: np.random.Generator, fr, problem) -> None:
+    A, C = make_cnmf(rng, 9, 11, 3, 40)
+    save_cnmf_hdf5(tmp_path / "cnm.hdf5", A, C, (9, 11), fr)
+    with pytest.raises(InputError, match=rf"cnm\.hdf5: .*{problem}"):
+        READER.open(tmp_path / "cnm.hdf5")

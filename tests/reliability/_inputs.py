@@ -149,7 +149,16 @@ def _caiman_h5(root: Path, rng: np.random.Generator) -> Valid:
     return Valid("caiman", root / "cnmf.hdf5", ("cnmf.hdf5",), root)
 
 
-def _nwb(root: Path, rng: np.random.Generator) -> Valid:
+def _pixel_mask(i: int) -> list[tuple[float, float, float]]:
+    return [(i, i + 1, 1.0), (i + 1, i + 1, 0.5)]
+
+
+def write_nwb(
+    root: Path,
+    rng: np.random.Generator,
+    mask: Callable[[int], list[tuple[float, float, float]]] = _pixel_mask,
+) -> Valid:
+    """A ΔF/F series with one pixel mask per ROI (``mask(i)``: its (x, y, weight) rows)."""
     from datetime import UTC, datetime
 
     import pynwb
@@ -177,7 +186,7 @@ def _nwb(root: Path, rng: np.random.Generator) -> Valid:
     ophys.add(seg)
     table = seg.create_plane_segmentation(name="rois", description="rois", imaging_plane=plane)
     for i in range(N_ROIS):
-        table.add_roi(pixel_mask=[(i, i + 1, 1.0), (i + 1, i + 1, 0.5)])
+        table.add_roi(pixel_mask=mask(i))
     region = table.create_roi_table_region(region=list(range(N_ROIS)), description="all")
     series = RoiResponseSeries(name="dff", data=_traces(rng), rois=region, unit="1", rate=FS)
     ophys.add(DfOverF(roi_response_series=series))
@@ -197,7 +206,7 @@ BUILDERS: dict[str, Callable[..., Valid]] = {
     "movie-tiff": _tiff,
     "caiman-npz": _caiman_npz,
     "caiman-hdf5": _caiman_h5,
-    "nwb": _nwb,
+    "nwb": write_nwb,
 }
 
 
