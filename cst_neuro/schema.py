@@ -178,7 +178,7 @@ class RecordingAttrs:
     neuropil_coefficient: NonNegativeReal | None = None
     dff_method: str | None = None
     dff_params: Annotated[str, AfterValidator(_json_object)] | None = None
-    upsample: PositiveInt | None = None
+    upsample: NonNegativeInt | None = None  # reconstructions: K, or 0 at given times
 
 
 _ATTRS = tuple(f.name for f in fields(RecordingAttrs))
