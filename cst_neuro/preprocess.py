@@ -43,6 +43,9 @@ running min/max by doubling (``log2 w`` passes, O(T log w)); maximin ΔF/F costs
 0.6 ms of one core per 100,000-frame ROI. The running percentile uses scipy's 1-D rank
 filter (O(T log w), about 3.5 ms per 100,000-frame ROI) which holds the GIL, so only
 dask's process-based schedulers run it in parallel.
+
+A little over 500 lines: the public numpy building blocks and the Recording-level entry
+point share one workspace and one set of checks (``DffSettings``), kept together.
 """
 
 from __future__ import annotations

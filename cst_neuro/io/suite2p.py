@@ -26,6 +26,10 @@ This module owns reading Suite2p results. It follows the layouts Suite2p writes
 
 Pickled files go through ``load_npy_object`` (never ``np.load(allow_pickle=True)``) and numeric
 arrays through ``open_npy``: opening reads headers, stat, ops and iscell, never the traces.
+
+The module is longer than most (~780 lines) because the three layouts and two metadata
+versions share every step (metadata, ROIs, padding, assembly); split by layout, the parts
+would import each other's internals.
 """
 
 from __future__ import annotations
