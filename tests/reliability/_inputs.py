@@ -275,3 +275,18 @@ def npy_bytes(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, array, allow_pickle=False)
     return buf.getvalue()
+
+
+def cli(*args: object) -> tuple[int, str, str]:
+    """``cst-neuro ARGS`` in-process (typer's runner): exit code, stdout, stderr.
+
+    An exception other than the CLI's own exit is re-raised: a crash shows its traceback.
+    """
+    from typer.testing import CliRunner
+
+    from cst_neuro._cli.app import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.stdout, result.stderr

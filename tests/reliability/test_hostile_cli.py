@@ -18,23 +18,14 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from typer.testing import CliRunner
 
 from cst_neuro._cli.app import app
 from cst_neuro.checkpoint import FORMAT, load_checkpoint
 from cst_neuro.train import partial_path
 
-from ._inputs import assert_clean_cli_error
+from ._inputs import assert_clean_cli_error, cli
 
 pytestmark = pytest.mark.timeout(120)
-runner = CliRunner()
-
-
-def cli(*args: object) -> tuple[int, str, str]:
-    result = runner.invoke(app, [str(a) for a in args])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.stdout, result.stderr
 
 
 class _Call:

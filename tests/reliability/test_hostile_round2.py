@@ -15,24 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
-from typer.testing import CliRunner
 
-from cst_neuro._cli.app import app
 from cst_neuro.batch.runner import recording_names
 from cst_neuro.simulate import SimulationConfig, simulate, write_suite2p
 from cst_neuro.store import open_store
 
-from ._inputs import assert_clean_cli_error, cli_command, cli_env, write_nwb
+from ._inputs import assert_clean_cli_error, cli, cli_command, cli_env, write_nwb
 
 pytestmark = pytest.mark.timeout(120)
-runner = CliRunner()
-
-
-def cli(*args: object) -> tuple[int, str, str]:
-    result = runner.invoke(app, [str(a) for a in args])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.stdout, result.stderr
 
 
 @pytest.fixture(scope="module")
