@@ -5,9 +5,9 @@ loads with ``torch.load(weights_only=True)``: opening a checkpoint from a collab
 runs code. Every entry is checked where it is read (`Checkpoint.load`): a missing or
 mistyped entry, a normaliser of the wrong shape or weights that do not fit the model is an
 InputError naming the file, never a traceback from deep inside torch. Writes go to a
-temporary sibling and are renamed into place, so a killed process leaves either the
-previous checkpoint or the new one, never half of one; with ``replace=False`` an existing
-file (say, another process's model) is never replaced.
+temporary sibling and are renamed into place (`cst_neuro.atomic`), so a killed process
+leaves either the previous checkpoint or the new one, never half of one; with
+``replace=False`` an existing file (say, another process's model) is never replaced.
 
 Kinds: ``model`` (a fitted model bound to the recording it was fitted to: its normaliser,
 channel descriptors, variable and frame split), ``prior`` (a pretrained model bound to no
@@ -18,10 +18,11 @@ the mode inside ``model_config``, cst-only fields in every mode's config) still 
 
 from __future__ import annotations
 
-import errno
 import io
 import math
 import os
+import zipfile
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
@@ -32,12 +33,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from cst_neuro.atomic import OutputKind, write_bytes
 from cst_neuro.data import Normalizer
-from cst_neuro.errors import CSTNeuroError, InputError, OutputError
+from cst_neuro.errors import CSTNeuroError, InputError
 from cst_neuro.fit_config import FitConfig
 from cst_neuro.model.layers import NetworkConfig
 from cst_neuro.model.modes import Mode, get_mode
-from cst_neuro.store import remove_stale, temporary_sibling
 
 FORMAT = "cst-neuro-checkpoint"
 FORMAT_VERSION = 2
@@ -136,34 +137,11 @@ class Checkpoint:
         return out
 
     def save(self, path: str | os.PathLike[str], *, replace: bool = True) -> Path:
-        """Write atomically (fsync, then rename); ``replace=False`` never replaces a file.
-
-        Without replace the file is linked into place, which fails if ``path`` exists: of
-        two processes writing the same new output, the second gets an OutputError.
-        """
-        path = Path(path)
-        remove_stale(path)
-        tmp = temporary_sibling(path, "tmp")
+        """Write atomically (`atomic.write_bytes`); ``replace=False`` never replaces a file:
+        of two processes writing the same new output, the second gets an OutputError."""
         buffer = io.BytesIO()
         torch.save(self.to_dict(), buffer)  # in memory: torch reports a full disk as RuntimeError
-        try:
-            with open(tmp, "wb") as fh:
-                fh.write(buffer.getbuffer())
-                fh.flush()
-                os.fsync(fh.fileno())
-            if replace:
-                os.replace(tmp, path)
-            else:
-                _link_new(tmp, path)
-        except FileExistsError as e:
-            raise OutputError(
-                path, "was created by another process while this one was running; left as is"
-            ) from e
-        except OSError as e:
-            raise OutputError(path, f"cannot write checkpoint ({e.strerror or e})") from e
-        finally:
-            tmp.unlink(missing_ok=True)
-        return path
+        return write_bytes(path, buffer.getbuffer(), replace=replace)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Checkpoint:
@@ -229,6 +207,24 @@ class Checkpoint:
         return model.eval()
 
 
+def is_checkpoint(path: Path) -> bool:
+    """Whether ``path`` is a checkpoint cst-neuro wrote, read without unpickling anything.
+
+    ``torch.save`` writes a zip archive whose ``data.pkl`` holds the pickled dict; a
+    cst-neuro checkpoint's has the format name `FORMAT` in it.
+    """
+    try:
+        with zipfile.ZipFile(path) as zf:
+            pickles = [n for n in zf.namelist() if n.rsplit("/", 1)[-1] == "data.pkl"]
+            return len(pickles) == 1 and FORMAT.encode() in zf.read(pickles[0])
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error):
+        return False
+
+
+# what `--overwrite` may replace where a command writes a checkpoint (`atomic.check_output`)
+CHECKPOINT = OutputKind("a checkpoint written by cst-neuro", folder=False, recognise=is_checkpoint)
+
+
 def load_model(path: str | os.PathLike[str]) -> tuple[nn.Module, Checkpoint]:
     """A fitted model (eval mode, CPU) and its checkpoint; InputError for anything else."""
     checkpoint = Checkpoint.load(path)
@@ -271,22 +267,6 @@ def _read(path: Path) -> dict[str, Any]:
     if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
         raise InputError(path, "checkpoint is from a newer cst-neuro; upgrade to load it")
     return raw
-
-
-def _link_new(tmp: Path, path: Path) -> None:
-    """Put ``tmp`` at ``path`` only if nothing is there (FileExistsError otherwise).
-
-    A hard link is atomic; where the filesystem has none (FAT, some network mounts) the
-    check and the rename are two steps, which leaves a narrow race but never a half file.
-    """
-    try:
-        os.link(tmp, path)
-    except OSError as e:
-        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
-            raise
-        if path.exists():
-            raise FileExistsError(errno.EEXIST, "exists", str(path)) from e
-        os.replace(tmp, path)
 
 
 def _config_dict(config: NetworkConfig) -> dict[str, Any]:

@@ -110,11 +110,17 @@ class Tokens:
     seconds_per_frame: torch.Tensor | None = None  # (B,) float32
 
     def to(self, device: torch.device | str) -> Tokens:
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device)
+
         return Tokens(
-            *(
-                None if getattr(self, f) is None else getattr(self, f).to(device)
-                for f in self.__dataclass_fields__
-            )
+            self.coords.to(device),
+            self.values.to(device),
+            self.ids.to(device),
+            self.mask.to(device),
+            self.value_mask.to(device),
+            move(self.channels),
+            move(self.seconds_per_frame),
         )
 
 
@@ -174,7 +180,7 @@ def channel_features(
     x = np.asarray(values, np.float64)
     if mean is None or std is None:
         mean, std = np.nanmean(x, 0), np.nanstd(x, 0)
-    z = (x - mean) / np.where(np.asarray(std) > 0, std, 1.0)  # (T, C, V)
+    z: np.ndarray = (x - mean) / np.where(np.asarray(std) > 0, std, 1.0)  # (T, C, V)
     T, C, V = z.shape
     out = np.zeros((C, len(CHANNEL_FEATURES)), np.float32)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -337,9 +343,9 @@ def channel_positions(ds: xr.Dataset, var: str, patch: int) -> tuple[np.ndarray,
         return pos, offsets, fov
     ny, nx = patch_grid(ds, patch)
     yy, xx = np.meshgrid(np.arange(ny), np.arange(nx), indexing="ij")
-    pos = (np.column_stack([yy.ravel(), xx.ravel()]) + 0.5) * patch
+    centres = (np.column_stack([yy.ravel(), xx.ravel()]) + 0.5) * patch
     fov = float(max(ds.sizes["y"], ds.sizes["x"]))
-    return pos.astype(np.float64), np.zeros(ny * nx), fov
+    return centres.astype(np.float64), np.zeros(ny * nx), fov
 
 
 def data_fingerprint(values: xr.DataArray, *, frames_per_read: int = 4096) -> str:
@@ -362,7 +368,8 @@ def sample_batch(
     windows: ChannelWindows, starts: np.ndarray, config: FitConfig, rng: np.random.Generator
 ) -> tuple[Tokens, Tokens]:
     """A training batch: context tokens and held-out query tokens from random windows."""
-    ctx_parts, qry_parts = [], []
+    ctx_parts: list[dict[str, np.ndarray]] = []
+    qry_parts: list[dict[str, np.ndarray]] = []
     per_group = max(1, config.max_tokens // config.window)
     while len(ctx_parts) < config.batch_size:
         start = int(rng.choice(starts))

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from cst_neuro.atomic import OutputKind, atomic_file, check_output, write_text
 from cst_neuro.errors import OutputError
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,10 @@ FIGURE = "demo.png"
 SCORES = "scores.csv"
 SCORES_MD = "scores.md"
 SIMULATION = "suite2p"
+MARKER = ".cst-neuro-demo"  # in the demo's folder: --overwrite replaces only such folders
+DEMO = OutputKind(
+    "the folder of a cst-neuro demo", folder=True, recognise=lambda p: (p / MARKER).is_file()
+)
 
 
 @dataclass(frozen=True)
@@ -97,12 +102,14 @@ def run_demo(
 
 
 def _prepare(outdir: Path, *, overwrite: bool) -> Path:
-    if outdir.exists() and not outdir.is_dir():
-        raise OutputError(outdir, "exists and is not a folder")
+    """The demo's folder: new, empty, or (with ``overwrite``) an earlier demo's."""
     if outdir.is_dir() and any(outdir.iterdir()) and not overwrite:
         raise OutputError(outdir, "is not empty; pass --overwrite to replace the demo's files")
+    if outdir.exists() and not (outdir.is_dir() and not any(outdir.iterdir())):
+        outdir = check_output(outdir, DEMO, overwrite=overwrite)
     try:
         outdir.mkdir(parents=True, exist_ok=True)
+        (outdir / MARKER).write_text("written by cst-neuro demo; --overwrite may replace it\n")
     except OSError as e:
         raise OutputError(outdir, f"cannot create folder ({e.strerror or e})") from e
     return outdir.resolve()
@@ -178,13 +185,12 @@ def _low_rank(t_obs: np.ndarray, y: np.ndarray, t_new: np.ndarray) -> np.ndarray
 
 
 def _write_scores(outdir: Path, scores: list[dict[str, Any]]) -> Path:
-    from cst_neuro.batch.manifest import atomic_write_text
     from cst_neuro.batch.report import markdown_table
 
     columns = list(scores[0])
     lines = [",".join(columns)] + [",".join(f"{s[c]}" for c in columns) for s in scores]
-    atomic_write_text(outdir / SCORES_MD, markdown_table(scores, columns) + "\n")
-    return atomic_write_text(outdir / SCORES, "\n".join(lines) + "\n")
+    write_text(outdir / SCORES_MD, markdown_table(scores, columns) + "\n")
+    return write_text(outdir / SCORES, "\n".join(lines) + "\n")
 
 
 def plot_demo(path: Path, scores: list[dict[str, Any]], example: dict[str, Any]) -> Path | None:
@@ -214,8 +220,9 @@ def plot_demo(path: Path, scores: list[dict[str, Any]], example: dict[str, Any])
     bars.set(xlabel="NMSE", title="between frames (lower is better)")
     bars.title.set_fontsize(9)
     fig.tight_layout()
-    tmp = path.parent / f".{path.stem}.tmp{path.suffix}"
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_file(path) as tmp:
+            fig.savefig(tmp, format=path.suffix.lstrip(".") or "png")
+    finally:
+        plt.close(fig)
     return path

@@ -9,17 +9,46 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import xarray as xr
+from pydantic import AfterValidator, Field
 
 from cst_neuro.io import open_recording
+from cst_neuro.io.base import READER_MODULES
+from cst_neuro.preprocess import Baseline
+from cst_neuro.schema import MAX_FS
 from cst_neuro.store import check_writable, write_recording
+from cst_neuro.validation import NonNegativeReal, Pair, PositiveInt, PositiveReal, validate_table
 
 log = logging.getLogger(__name__)
 
-BASELINES = ("maximin", "percentile", "prctile", "none")
+FORMATS = ("auto", *READER_MODULES)
+
+
+def _known_format(name: str) -> str:
+    if name not in FORMATS:
+        raise ValueError(f"must be one of {', '.join(FORMATS)}")
+    return name
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    """The options of ``ingest`` (and of a batch file's ``[ingest]`` table), checked first."""
+
+    format: Annotated[str, AfterValidator(_known_format)] = "auto"
+    fs: Annotated[PositiveReal, Field(le=MAX_FS)] | None = None  # Hz; overrides the file's
+    time_axis: Literal[0, 1] | None = None  # traces: 0 = time × roi, 1 = roi × time
+    neuropil: NonNegativeReal | None = None  # the neuropil coefficient r
+    baseline: Baseline = "maximin"
+    all_rois: bool = False  # Suite2p: every ROI, not only cells
+    grid_bin: PositiveInt | None = None  # also store a grid in N × N pixel bins
+    key: str | None = None  # traces: which array
+    dims: Pair | None = None  # CaImAn: image size (d1, d2)
+    series: str | None = None  # NWB: which RoiResponseSeries
+    swap_xy: bool | None = None  # NWB: force the pixel-mask x/y order
 
 
 def prepare_recording(
@@ -77,7 +106,25 @@ def ingest(
     progress: bool = False,
     **options: Any,
 ) -> Path:
-    """Ingest ``source`` into the zarr store ``output``; options as in ``prepare_recording``."""
+    """Ingest ``source`` into the zarr store ``output``; ``options``: ``IngestSettings``.
+
+    The options and the output are checked before anything is read.
+    """
+    settings = validate_table(IngestSettings, options)
     check_writable(output, overwrite=overwrite, inputs=[source])
-    ds = prepare_recording(source, **options)
-    return write_recording(ds, output, overwrite=overwrite, progress=progress)
+    ds = prepare_recording(source, **settings)
+    path = write_recording(ds, output, overwrite=overwrite, progress=progress)
+    _warn_if_empty(path)
+    return path
+
+
+def _warn_if_empty(store: Path) -> None:
+    """Log a warning when no frame of a written store is valid (nothing to model)."""
+    from cst_neuro.store import open_store
+
+    valid = open_store(store)["valid"].values
+    if not valid.any():
+        log.warning(
+            "%s: none of its %d frames is valid (every sample missing or non-finite)",
+            store, valid.size,
+        )  # fmt: skip

@@ -43,33 +43,59 @@ running min/max by doubling (``log2 w`` passes, O(T log w)); maximin ΔF/F costs
 0.6 ms of one core per 100,000-frame ROI. The running percentile uses scipy's 1-D rank
 filter (O(T log w), about 3.5 ms per 100,000-frame ROI) which holds the GIL, so only
 dask's process-based schedulers run it in parallel.
+
+A little over 500 lines: the public numpy building blocks and the Recording-level entry
+point share one workspace and one set of checks (``DffSettings``), kept together.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import typing
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import xarray as xr
 from numpy.lib.stride_tricks import as_strided
+from pydantic import Field
 from scipy import fft as sp_fft
 from scipy import ndimage
 
 from cst_neuro.errors import InputError
 from cst_neuro.io import npy
-from cst_neuro.schema import dumps_params
+from cst_neuro.schema import dumps_params, finite_frames
+from cst_neuro.validation import NonNegativeReal, PositiveReal, validated
 
 logger = logging.getLogger(__name__)
 
-BASELINES = ("maximin", "percentile", "prctile", "none")
+Baseline = Literal["maximin", "percentile", "prctile", "none"]
+BASELINES: tuple[str, ...] = typing.get_args(Baseline)
 SUITE2P_NEUROPIL = 0.7  # Suite2p's default neucoeff, used when the Recording has none
 GUARD_FRACTION = 0.01  # F0 below 1 % of the ROI's mean |F| counts as "near zero"
 GAUSS_TRUNCATE = 4.0  # as scipy.ndimage.gaussian_filter1d
 _ROW_GROUP = 32  # ROIs copied together into time-contiguous rows (cache-friendly)
 _F32_MAX = float(np.finfo(np.float32).max)
+MAX_WINDOW = 2**28  # frames of a running baseline window (2 GiB of work space)
+
+
+@dataclass(frozen=True)
+class DffSettings:
+    """The ΔF/F parameters (Suite2p's names), checked before any work (``validation``)."""
+
+    baseline: Baseline = "maximin"
+    neuropil: NonNegativeReal | None = None  # the neuropil coefficient r
+    win_baseline: PositiveReal = 60.0  # seconds
+    sig_baseline: NonNegativeReal = 10.0  # frames
+    prctile_baseline: Annotated[NonNegativeReal, Field(le=100.0)] = 8.0
+    guard_fraction: PositiveReal = GUARD_FRACTION
+    fs: PositiveReal | None = None  # Hz
+
+
+def _settings(path: str | None, **given: Any) -> DffSettings:
+    return validated(DffSettings, given, source=path)
 
 
 # ---------------------------------------------------------------------------------------
@@ -231,13 +257,13 @@ def _dff_rows(
     guarded = np.zeros(n_roi, dtype=np.int32)
     sigma = sigma if method == "maximin" else 0.0
     work = _Workspace(T, win, sigma, group=min(n_roi, _ROW_GROUP))
-    subtract = Fneu is not None and coefficient != 0
+    neuropil = Fneu if coefficient != 0 else None
     for start in range(0, n_roi, _ROW_GROUP):
         stop = min(n_roi, start + _ROW_GROUP)
         f_rows = _time_rows(F, start, stop, out=work.f_rows)
         fc_rows = f_rows
-        if subtract:
-            fc_rows = _time_rows(Fneu, start, stop, out=work.n_rows)
+        if neuropil is not None:
+            fc_rows = _time_rows(neuropil, start, stop, out=work.n_rows)
             fc_rows *= -np.float32(coefficient)
             fc_rows += f_rows  # F - r * Fneu
         for i in range(stop - start):
@@ -285,7 +311,7 @@ def neuropil_correct(
     F: np.ndarray, Fneu: np.ndarray | None = None, coefficient: float = SUITE2P_NEUROPIL
 ) -> np.ndarray:
     """``F - coefficient * Fneu`` in float32; ``F`` unchanged (as float32) without Fneu or r = 0."""
-    _check_coefficient(coefficient, None)
+    _settings(None, neuropil=coefficient)
     F = np.asarray(F, dtype=np.float32)
     if Fneu is None or coefficient == 0:
         return F.copy()
@@ -303,8 +329,9 @@ def baseline_maximin(
     Gaussian (σ = ``sig_baseline`` frames; 0 = none), running min, running max over
     ``int(win_baseline * fs)`` frames; reflect boundaries; missing samples interpolated.
     """
-    win = _window_frames(win_baseline, fs, None)
-    _check_sigma(sig_baseline, None)
+    win = _window_frames(
+        _settings(None, win_baseline=win_baseline, sig_baseline=sig_baseline, fs=fs), None
+    )
     return _map_rows(F, "maximin", win, 0.0, float(sig_baseline))
 
 
@@ -316,8 +343,8 @@ def baseline_running_percentile(
 
     O(T log w) per ROI (scipy's 1-D rank filter: about 3.5 ms for 100,000 frames).
     """
-    win = _window_frames(win_baseline, fs, None)
-    _check_percentile(prctile_baseline, None)
+    settings = _settings(None, win_baseline=win_baseline, prctile_baseline=prctile_baseline, fs=fs)
+    win = _window_frames(settings, None)
     return _map_rows(F, "percentile", win, float(prctile_baseline), 0.0)
 
 
@@ -326,7 +353,7 @@ def baseline_percentile(F: np.ndarray, *, prctile_baseline: float = 8.0) -> np.n
 
     Shape (roi, 1) or (1,) so that it broadcasts against ``F``; NaN for an all-NaN ROI.
     """
-    _check_percentile(prctile_baseline, None)
+    _settings(None, prctile_baseline=prctile_baseline)
     return _map_rows(F, "prctile", 1, float(prctile_baseline), 0.0)
 
 
@@ -343,7 +370,7 @@ def delta_f_over_f(
     (default: mean |Fc| over finite samples, 1.0 where that is 0). Returns (dff float32,
     number of finite samples with ``F0 < floor`` per ROI, int32). NaN where Fc is missing.
     """
-    _check_guard(guard_fraction, None)
+    _settings(None, guard_fraction=guard_fraction)
     Fc = np.asarray(Fc, dtype=np.float32)
     F0 = np.broadcast_to(np.asarray(F0, dtype=np.float32), Fc.shape)
     rows = Fc.reshape(-1, Fc.shape[-1])
@@ -395,13 +422,15 @@ def compute_dff(
     warning, when neither is given and ``Fneu`` exists). Dask-backed traces stay lazy:
     they are processed in blocks of all frames of ~64 MiB of ROIs (existing blocks of
     all frames are kept), so memory is bounded by a few blocks. Sets attrs
-    ``dff_method``, ``dff_params`` (JSON) and ``neuropil_coefficient``.
+    ``dff_method``, ``dff_params`` (JSON) and ``neuropil_coefficient``. ``valid`` then
+    describes the ΔF/F (NaN where F or Fneu is missing), still False on flagged frames.
     """
     path = ds.attrs.get("source_name")
-    if baseline not in BASELINES:
-        raise InputError(
-            path, f"unknown ΔF/F baseline {baseline!r}; choose one of {', '.join(BASELINES)}"
-        )
+    settings = _settings(
+        path, baseline=baseline, neuropil=neuropil, win_baseline=win_baseline,
+        sig_baseline=sig_baseline, prctile_baseline=prctile_baseline,
+        guard_fraction=guard_fraction,
+    )  # fmt: skip
     if "F" not in ds:
         raise InputError(
             path,
@@ -414,17 +443,14 @@ def compute_dff(
     fs = ds.attrs.get("fs")
     if fs is None:
         raise InputError(path, "the recording has no sampling rate (attrs['fs']); set it first")
-    _check_guard(guard_fraction, path)
     params: dict[str, Any] = {"baseline": baseline, "fs": float(fs)}
     win = 0
     if baseline in ("maximin", "percentile"):
-        win = _window_frames(win_baseline, fs, path)
+        win = _window_frames(_settings(path, win_baseline=settings.win_baseline, fs=fs), path)
         params.update(win_baseline=float(win_baseline), win_frames=win, boundary="reflect")
     if baseline == "maximin":
-        _check_sigma(sig_baseline, path)
         params["sig_baseline"] = float(sig_baseline)
     if baseline in ("percentile", "prctile"):
-        _check_percentile(prctile_baseline, path)
         params["prctile_baseline"] = float(prctile_baseline)
     coefficient = _neuropil_coefficient(ds, neuropil, path)
     params["neuropil_coefficient"] = coefficient
@@ -463,6 +489,10 @@ def compute_dff(
     dff.attrs = {"long_name": "ΔF/F", "units": "1"}
     guarded.attrs = {"long_name": "samples whose ΔF/F denominator was floored by the guard"}
     out = ds.assign(dff=dff, dff_guarded=guarded)
+    # ``valid`` describes what a model reads: the ΔF/F (NaN where F or Fneu is), and any
+    # frames the source flagged (Suite2p badframes) stay invalid
+    valid = finite_frames(out)
+    out["valid"] = ds["valid"] & valid if "valid" in ds else valid
     out.attrs = {
         **ds.attrs,
         "dff_method": baseline,
@@ -485,7 +515,6 @@ def _roi_blocks(F: xr.DataArray) -> dict[str, int | tuple[int, ...]]:
 
 def _neuropil_coefficient(ds: xr.Dataset, override: float | None, path: str | None) -> float:
     if override is not None:
-        _check_coefficient(override, path)
         if override != 0 and "Fneu" not in ds:
             raise InputError(
                 path, f"neuropil coefficient {override} given but the recording has no Fneu"
@@ -501,46 +530,25 @@ def _neuropil_coefficient(ds: xr.Dataset, override: float | None, path: str | No
             SUITE2P_NEUROPIL,
         )
         return SUITE2P_NEUROPIL
-    _check_coefficient(value, path)
+    _settings(path, neuropil=value)  # attrs['neuropil_coefficient'] of a file
     return float(value)
 
 
-def _window_frames(win_baseline: float, fs: float, path: str | None) -> int:
-    if not _is_number(win_baseline) or win_baseline <= 0:
-        raise InputError(path, f"win_baseline must be > 0 seconds, got {win_baseline!r}")
-    if not _is_number(fs) or fs <= 0:
-        raise InputError(path, f"sampling rate fs must be > 0 Hz, got {fs!r}")
-    win = int(win_baseline * fs)  # Suite2p: win = int(win_baseline * fs)
+def _window_frames(settings: DffSettings, path: str | None) -> int:
+    """Suite2p's baseline window in frames: ``int(win_baseline * fs)``, at least one."""
+    fs, win_baseline = settings.fs, settings.win_baseline
+    if fs is None:
+        raise InputError(path, "a running baseline needs the sampling rate fs")
+    span = win_baseline * fs
+    if not span <= MAX_WINDOW:  # inf too: checked before any work space is allocated
+        raise InputError(
+            path, f"the {win_baseline:g} s baseline window at {fs:g} Hz spans {span:.3g} "
+            f"frames, whose work space would need {8 * span / 2**30:.3g} GiB; is the "
+            "sampling rate right?"
+        )  # fmt: skip
+    win = int(span)  # Suite2p: win = int(win_baseline * fs)
     if win < 1:
         raise InputError(
             path, f"win_baseline {win_baseline} s is shorter than one frame at {fs} Hz"
         )
     return win
-
-
-def _check_sigma(sigma: float, path: str | None) -> None:
-    if not _is_number(sigma) or sigma < 0:
-        raise InputError(path, f"sig_baseline must be >= 0 frames, got {sigma!r}")
-
-
-def _check_percentile(p: float, path: str | None) -> None:
-    if not _is_number(p) or not 0 <= p <= 100:
-        raise InputError(path, f"prctile_baseline must be in [0, 100], got {p!r}")
-
-
-def _check_coefficient(r: float, path: str | None) -> None:
-    if not _is_number(r) or r < 0:
-        raise InputError(path, f"neuropil coefficient must be a number >= 0, got {r!r}")
-
-
-def _check_guard(fraction: float, path: str | None) -> None:
-    if not _is_number(fraction) or fraction <= 0:
-        raise InputError(path, f"guard_fraction must be > 0, got {fraction!r}")
-
-
-def _is_number(value: Any) -> bool:
-    return (
-        isinstance(value, int | float | np.integer | np.floating)
-        and not isinstance(value, bool)
-        and math.isfinite(float(value))
-    )

@@ -58,7 +58,8 @@ def bound_config(prior: Checkpoint, n_channels: int, overrides: dict[str, Any]) 
             f"fine-tuning may set only {', '.join(sorted(FINE_TUNING))} (or use prior = none)",
         )
     settings = dataclasses.asdict(prior.model_config)
-    settings.update(n_ids=n_channels, channel_gain=True, **overrides)
+    # no per-channel gain: shrinking a channel's interpolant shrinks its transients too
+    settings.update(n_ids=n_channels, channel_gain=False, **overrides)
     return CSTConfig(**settings)
 
 

@@ -194,6 +194,7 @@ class Reconstructor:
         if self.windows.layout != "grid":
             return values[..., 0]
         p = self.windows.patch
+        assert self.windows.grid_shape is not None  # a grid has one
         ny, nx = self.windows.grid_shape
         t = values.shape[0]
         img = values.reshape(t, ny, nx, p, p).transpose(0, 1, 3, 2, 4)  # (T, ny, p, nx, p)
@@ -272,13 +273,15 @@ def reconstruct(
     else:  # arbitrary times: their mean rate (the recording's own for a single time)
         span = out_t[-1] - out_t[0]
         fs = (out_t.size - 1) / span if out_t.size > 1 else float(ds.attrs["fs"])
+    data_vars: dict[str, Any]
+    coords: dict[str, Any]
     if rec.windows.layout == "grid":
         ny, nx = first.shape[1:]
         data_vars = {rec.var: (("time", "y", "x"), values)}
         coords = {"y": ds["y"].values[:ny], "x": ds["x"].values[:nx]}
     else:
         data_vars = {rec.var: (("time", "roi"), values)}
-        coords = {name: ds[name] for name in ds.coords if ds[name].dims == ("roi",)}
+        coords = {str(name): ds[name] for name in ds.coords if ds[name].dims == ("roi",)}
     attrs = {
         "nplanes": ds.attrs.get("nplanes", 1),
         "upsample": upsample or 0,

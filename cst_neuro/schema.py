@@ -36,15 +36,25 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass, fields
+from typing import Annotated, Any
 
 import numpy as np
 import xarray as xr
+from pydantic import AfterValidator, Field
 
-from cst_neuro.errors import SchemaError
+from cst_neuro.errors import InputError, SchemaError
+from cst_neuro.validation import (
+    NonNegativeInt,
+    NonNegativeReal,
+    PositiveInt,
+    PositiveReal,
+    validate_table,
+)
 
 SCHEMA_VERSION = 1
 
+MAX_FS = 1e6  # Hz: no imaging frame rate is faster; a larger "rate" is a units mistake
 TRACE_VARS = ("dff", "F", "Fneu", "spks")
 REQUIRED_ATTRS = ("schema_version", "fs", "source_format")
 
@@ -103,7 +113,8 @@ def finite_frames(ds: xr.Dataset) -> xr.DataArray:
     A frame is valid when every channel (ROI, pixel) of the primary signal is finite,
     ignoring channels that are never finite (one dead ROI must not invalidate every
     frame). When the data is split along time into several chunks, "never finite" cannot
-    be known block by block without a second pass, so there every channel counts.
+    be known block by block without a second pass, so there every channel counts. When
+    no channel has a finite sample at all, no frame is valid: there is nothing to read.
     """
     name = next((v for v in PRIMARY_VARS if v in ds), None)
     if name is None:
@@ -119,7 +130,8 @@ def finite_frames(ds: xr.Dataset) -> xr.DataArray:
 
     data = var.data
     if not hasattr(data, "map_blocks"):  # numpy
-        return xr.DataArray(frames_complete(data, ignore_dead=True).reshape(-1), dims="time")
+        complete = frames_complete(data, ignore_dead=True).reshape(-1)
+        return xr.DataArray(complete & bool(np.isfinite(data).any()), dims="time")
     ones = tuple((1,) * len(c) for c in data.chunks[1:])
     partial = data.map_blocks(
         frames_complete,
@@ -127,12 +139,49 @@ def finite_frames(ds: xr.Dataset) -> xr.DataArray:
         dtype=bool,
         chunks=(data.chunks[0], *ones),
     )  # (time, 1 per block, ...): one small partial per block, no block kept
-    return xr.DataArray(partial.all(axis=axes), dims="time")
+    import dask.array as da
+
+    alive = da.isfinite(data).any()  # read in the same pass when computed together
+    return xr.DataArray(partial.all(axis=axes) & alive, dims="time")
 
 
 def dumps_params(params: Mapping[str, Any]) -> str:
     """Serialise processing parameters for attrs (zarr attrs must be JSON)."""
     return json.dumps(dict(params), sort_keys=True)
+
+
+def _json_object(text: str) -> str:
+    try:
+        ok = isinstance(json.loads(text), dict)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError("must be a JSON object")
+    return text
+
+
+@dataclass(frozen=True)
+class RecordingAttrs:
+    """The attributes every reader of a Recording relies on, as they must be.
+
+    A store's attributes are JSON anyone can edit; checking them where a store is opened
+    turns a tampered ``fs`` (text, null) into one error instead of a crash later.
+    """
+
+    schema_version: PositiveInt
+    fs: Annotated[PositiveReal, Field(le=MAX_FS)]
+    source_format: str
+    source_name: str | None = None
+    source_version: str | None = None
+    nplanes: PositiveInt | None = None
+    n_bad_frames: NonNegativeInt | None = None
+    neuropil_coefficient: NonNegativeReal | None = None
+    dff_method: str | None = None
+    dff_params: Annotated[str, AfterValidator(_json_object)] | None = None
+    upsample: NonNegativeInt | None = None  # reconstructions: K, or 0 at given times
+
+
+_ATTRS = tuple(f.name for f in fields(RecordingAttrs))
 
 
 def validate_recording(ds: xr.Dataset) -> None:
@@ -141,9 +190,12 @@ def validate_recording(ds: xr.Dataset) -> None:
     for key in REQUIRED_ATTRS:
         if key not in ds.attrs:
             raise SchemaError(name, f"not a cst-neuro Recording: attribute {key!r} is missing")
+    known = {k: v for k, v in ds.attrs.items() if k in _ATTRS}
+    try:
+        validate_table(RecordingAttrs, known, kind="attribute")
+    except InputError as e:
+        raise SchemaError(name, e.problem) from None
     version = ds.attrs["schema_version"]
-    if not isinstance(version, int | np.integer) or version < 1:
-        raise SchemaError(name, f"unknown schema_version {version!r}")
     if version > SCHEMA_VERSION:
         raise SchemaError(
             name,
@@ -152,9 +204,6 @@ def validate_recording(ds: xr.Dataset) -> None:
         )
     if "time" not in ds.dims or ds.sizes["time"] == 0:
         raise SchemaError(name, "the recording has no frames (time dimension is empty)")
-    fs = float(ds.attrs["fs"])
-    if not np.isfinite(fs) or fs <= 0:
-        raise SchemaError(name, f"sampling rate must be a positive number of Hz, got {fs!r}")
     t = np.asarray(ds["time"].values)
     if not np.all(np.isfinite(t)):
         raise SchemaError(name, "time coordinate contains NaN or inf")

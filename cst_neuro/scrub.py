@@ -33,7 +33,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,8 +41,10 @@ import numpy as np
 import xarray as xr
 from torch import nn
 
+from cst_neuro.atomic import OutputKind, atomic_file, check_output
 from cst_neuro.checkpoint import Checkpoint
-from cst_neuro.errors import InputError, OutputError
+from cst_neuro.errors import InputError
+from cst_neuro.io.movie import MARK_KEY, tiff_mark
 from cst_neuro.reconstruct import Reconstructor
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,10 @@ TRACE_FRAMES = 128  # frames of dense reconstruction around the cursor in a trac
 TRACE_POINTS_PER_FRAME = 8  # dense trace resolution, whatever K is
 MOVIE_BLOCK = 64  # movie frames predicted per model call when exporting
 ROLES = ("reconstruction", "raw", "difference")
+MOVIE_MARK = "scrub movie"  # in the ImageJ metadata: --overwrite replaces only such movies
+MOVIE = OutputKind(
+    "a movie exported by cst-neuro", folder=False, recognise=lambda p: tiff_mark(p) == MOVIE_MARK
+)
 
 LayerData = tuple[Any, dict[str, Any], str]
 
@@ -140,6 +145,13 @@ class ScrubSession:
         same_data = data.fingerprint == data_fingerprint(self.windows.values)
         val = data.val_frames
         self.held_out = val if same_data and val.size == n else np.zeros(n, bool)
+        if val.any() and not self.held_out.any():
+            log.warning(
+                "%s: the model was trained on different data than this recording; its "
+                "%d held-out frames are not marked in traces",
+                ds.attrs.get("source_name", "recording"),
+                int(val.sum()),
+            )
         self._labels, self._axes = _frame_layout(ds, self.windows.var, self.windows.layout)
         self._lock = threading.Lock()
         self.frame_shape: tuple[int, ...] = self._raw_images(np.array([0])).shape[1:]
@@ -227,6 +239,7 @@ class ScrubSession:
             channel = int(self._labels[tuple(index)])
             return None if channel < 0 else self.roi_selection(channel)
         y, x = index
+        assert self.windows.grid_shape is not None  # no labels: a grid, so patches
         p, nx = self.windows.patch, self.windows.grid_shape[1]
         return Selection((y // p) * nx + x // p, (y % p) * p + x % p, f"pixel (y {y}, x {x})")
 
@@ -312,7 +325,7 @@ class ScrubSession:
             raise InputError(None, f"no slider time lies in {lo:g}..{hi:g} s")
         if len(self.frame_shape) != 2:
             raise InputError(self.name, f"a movie needs (y, x) frames, not {self.frame_shape}")
-        _check_new_file(path, overwrite=overwrite)
+        path = check_output(path, MOVIE, overwrite=overwrite)
         rec = self._own_reconstructor()
 
         def pages() -> Any:
@@ -323,8 +336,7 @@ class ScrubSession:
                 for r, o in zip(recon, raw, strict=True):
                     yield from (r, o, r - o)
 
-        tmp = path.parent / f".{path.name}.partial-{uuid.uuid4().hex[:8]}"
-        try:
+        with atomic_file(path) as tmp:
             tifffile.imwrite(
                 tmp,
                 pages(),
@@ -335,15 +347,9 @@ class ScrubSession:
                     "axes": "TCYX",
                     "finterval": 1.0 / (self.upsample * self.fs),
                     "Labels": [f"{role} {t:.4f} s" for t in times for role in ROLES],
+                    MARK_KEY: MOVIE_MARK,
                 },
             )
-            os.replace(tmp, path)
-        except OSError as e:
-            tmp.unlink(missing_ok=True)
-            raise OutputError(path, f"write failed ({e.strerror or e})") from e
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
         return path
 
 
@@ -417,9 +423,11 @@ def _frame_layout(ds: xr.Dataset, var: str, layout: str) -> tuple[np.ndarray | N
         return strip, ([1.0, 1.0], [0.0, 0.0], ["roi row", "roi"], ["", ""])
     data, kw = layer[0], layer[1]
     skip = 1 if layout == "grid" else 0  # the grid layer's time axis
-    axes = tuple(list(kw[k][skip:]) for k in ("scale", "translate", "axis_labels", "units"))
+    scale, translate, names, units = (
+        list(kw[k][skip:]) for k in ("scale", "translate", "axis_labels", "units")
+    )
     labels = None if layout == "grid" else np.asarray(data, np.int64) - 1
-    return labels, axes  # type: ignore[return-value]
+    return labels, (scale, translate, names, units)
 
 
 def _robust_range(values: np.ndarray) -> tuple[float, float]:
@@ -429,12 +437,3 @@ def _robust_range(values: np.ndarray) -> tuple[float, float]:
         return 0.0, 1.0
     lo, hi = (float(v) for v in np.percentile(finite, [1, 99]))
     return (lo, hi) if hi > lo else (lo, lo + 1.0)
-
-
-def _check_new_file(path: Path, *, overwrite: bool) -> None:
-    if path.exists() and not overwrite:
-        raise OutputError(path, "already exists; choose another name or allow overwriting")
-    if path.exists() and not path.is_file():
-        raise OutputError(path, "exists and is not a file; refusing to replace it")
-    if not path.parent.is_dir():
-        raise OutputError(path, f"output folder {path.parent} does not exist")

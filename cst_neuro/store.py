@@ -1,35 +1,31 @@
 """Recordings on disk: chunked, compressed zarr stores that are complete or absent.
 
 A store is written into a hidden sibling folder and renamed into place only after every
-chunk and a completion mark are on disk, so an interrupted write never leaves a store that
-opens as valid, and an existing output is replaced only with ``overwrite=True`` (and only
-if it is itself a zarr store). Every chunk carries a CRC32C checksum, and the completion
-mark records how many chunk files each variable has, so a damaged chunk or a partial copy
-of a store is an InputError naming the store, never silently wrong or missing values.
-Without ``overwrite``, a store that another process put in place meanwhile is never
-replaced: the later writer fails instead. Temporaries carry the host and process id, so
-the next write of the same output removes those of killed runs.
+chunk, a completion mark and consolidated metadata are on disk (``cst_neuro.atomic``), so an
+interrupted write never leaves a store that opens as valid, and an existing output is
+replaced only with ``overwrite=True`` and only if it is a store cst-neuro wrote. Every chunk
+carries a CRC32C checksum, and the completion mark records how many chunk files each
+variable has, so a damaged chunk or a partial copy of a store is an InputError naming the
+store, never silently wrong or missing values. Without ``overwrite``, a store that another
+process put in place meanwhile is never replaced: the later writer fails instead.
 ``open_store`` checks the completion mark and the ``schema_version`` before returning a
 lazy Dataset.
 """
 
 from __future__ import annotations
 
-import errno
-import glob
+import json
 import os
-import shutil
-import socket
-import uuid
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
-from cst_neuro.errors import InputError, OutputError, SchemaError
+from cst_neuro.atomic import OutputKind, atomic_folder, check_output
+from cst_neuro.errors import InputError, SchemaError
 from cst_neuro.schema import validate_recording
 
 COMPLETE_ATTR = "cst_neuro_complete"
@@ -89,88 +85,32 @@ def is_store(path: Path) -> bool:
     return path.is_dir() and any((path / f).exists() for f in ("zarr.json", ".zgroup"))
 
 
+def is_own_store(path: Path) -> bool:
+    """Whether ``path`` is a store cst-neuro wrote (its root metadata has a schema version)."""
+    try:
+        meta = json.loads((path / "zarr.json").read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    attrs = meta.get("attributes") if isinstance(meta, dict) else None
+    return isinstance(attrs, dict) and "schema_version" in attrs
+
+
+STORE = OutputKind("a zarr store written by cst-neuro", folder=True, recognise=is_own_store)
+
+
 def check_writable(
     path: str | os.PathLike[str],
     *,
     overwrite: bool,
     inputs: Iterable[str | os.PathLike[str]] = (),
-    store: bool = True,
 ) -> Path:
-    """Fail early (before any work) if ``path`` cannot be written as a new store (or file).
+    """Fail early (before any work) if ``path`` cannot be written as a new store.
 
-    ``inputs`` are the paths the command reads: an output that is one of them, lies inside
-    one, or contains one is refused, since writing it would destroy or corrupt the input.
+    An existing ``path`` is replaced only with ``overwrite`` and only if it is a zarr
+    store; ``inputs`` (the paths the command reads) are never written (see
+    ``cst_neuro.atomic.check_output``). Returns the path to write.
     """
-    path = Path(path)
-    exists = path.exists() or path.is_symlink()
-    if exists and not overwrite:
-        raise OutputError(path, "already exists; pass --overwrite to replace it")
-    check_not_an_input(path, inputs)
-    if exists:
-        if store and not is_store(path):
-            raise OutputError(path, "exists and is not a zarr store; refusing to replace it")
-        if not store and not path.is_file():
-            raise OutputError(path, "exists and is not a file; refusing to replace it")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise OutputError(path, f"output folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise OutputError(path, f"output folder {parent} is not writable")
-    return path
-
-
-def check_not_an_input(path: Path, inputs: Iterable[str | os.PathLike[str]]) -> None:
-    """OutputError if ``path`` is, contains or lies inside one of ``inputs``."""
-    out = Path(os.path.realpath(path))
-    for given in inputs:
-        source = Path(os.path.realpath(given))
-        if out == source:
-            raise OutputError(path, f"is the input {given}; write to another path")
-        if source in out.parents:
-            raise OutputError(path, f"lies inside the input {given}; write elsewhere")
-        if out in source.parents:
-            raise OutputError(path, f"contains the input {given}; write elsewhere")
-
-
-def temporary_sibling(path: Path, kind: str) -> Path:
-    """A hidden sibling ``.NAME.KIND-HOST-PID-RANDOM`` (see ``remove_stale``)."""
-    tag = f"{_host()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    return path.parent / f".{path.name}.{kind}-{tag}"
-
-
-def remove_stale(path: Path) -> None:
-    """Delete temporaries of ``path`` left by processes of this host that no longer run.
-
-    A killed writer (kill -9, power cut) cannot clean up after itself; its temporaries
-    are hidden and never open as outputs, but they hold disk space until the next write.
-    Temporaries of live processes, or of other hosts sharing the folder, are left alone.
-    """
-    host = _host()
-    try:
-        siblings = list(path.parent.glob(f".{glob.escape(path.name)}.*-{host}-*-*"))
-    except OSError:
-        return
-    for tmp in siblings:
-        pid = tmp.name.rsplit("-", 2)[-2]
-        if pid.isdigit() and not _alive(int(pid)):
-            if tmp.is_dir() and not tmp.is_symlink():
-                shutil.rmtree(tmp, ignore_errors=True)
-            else:
-                tmp.unlink(missing_ok=True)
-
-
-def _host() -> str:
-    return "".join(c for c in socket.gethostname() if c.isalnum()) or "host"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
+    return check_output(path, STORE, overwrite=overwrite, inputs=inputs)
 
 
 def write_recording(
@@ -202,32 +142,6 @@ def write_recording(
     return path
 
 
-@contextmanager
-def atomic_folder(path: Path, *, overwrite: bool, create: bool = True) -> Iterator[Path]:
-    """A hidden sibling of ``path`` to fill, renamed onto ``path`` when the block succeeds.
-
-    On any error the temporary is removed (OSError becomes an OutputError naming ``path``),
-    so ``path`` is only ever absent, the previous output or the complete new one. With
-    ``create`` the temporary folder is made empty; else the block creates it.
-    """
-    remove_stale(path)
-    tmp = temporary_sibling(path, "partial")
-    try:
-        if create:
-            tmp.mkdir()
-        yield tmp
-        _swap_into_place(tmp, path, overwrite=overwrite)
-    except OutputError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise OutputError(path, f"write failed ({e.strerror or e})") from e
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def _compute(delayed: Any, *, progress: bool) -> None:
     if progress:
         from tqdm.dask import TqdmCallback
@@ -239,11 +153,15 @@ def _compute(delayed: Any, *, progress: bool) -> None:
 
 
 def _mark_complete(store: Path) -> None:
+    """Record the chunk-file counts and the completion mark, then consolidate metadata."""
     import zarr
 
     group = zarr.open_group(store, mode="r+", zarr_format=3)
     counts = {name: _chunk_files(store / name) for name in group.array_keys()}
     group.attrs.update({CHUNKS_ATTR: counts, COMPLETE_ATTR: True})
+    with warnings.catch_warnings():  # "not part of the Zarr v3 specification" (yet)
+        warnings.filterwarnings("ignore", "Consolidated metadata", category=UserWarning)
+        zarr.consolidate_metadata(store)  # xarray.open_zarr then opens it silently, fast
 
 
 def _chunk_files(array: Path) -> int:
@@ -282,7 +200,8 @@ def _guarded(ds: xr.Dataset, path: Path) -> xr.Dataset:
     """``ds`` with every non-index variable as dask over ``_StoreArray`` (zarr's chunks)."""
     import dask.array as da
 
-    data_vars, coords = {}, {}
+    data_vars: dict[Any, xr.Variable] = {}
+    coords: dict[Any, xr.Variable] = {}
     for name, var in ds.variables.items():
         if name in ds.indexes or var.ndim == 0:
             continue
@@ -295,32 +214,6 @@ def _guarded(ds: xr.Dataset, path: Path) -> xr.Dataset:
         new = xr.Variable(var.dims, data, var.attrs, var.encoding)
         (coords if name in ds.coords else data_vars)[name] = new
     return ds.assign_coords(coords).assign(data_vars)
-
-
-def _swap_into_place(tmp: Path, path: Path, *, overwrite: bool) -> None:
-    """Rename the finished store into place; replace an existing one only if ``overwrite``."""
-    if not overwrite:
-        try:
-            os.rename(tmp, path)  # fails on an existing (non-empty) store: never replaced
-        except OSError as e:
-            if e.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
-                raise OutputError(
-                    path, "was created by another process while this one was writing; left as is"
-                ) from e
-            raise
-        return
-    old = None
-    if path.exists():
-        old = temporary_sibling(path, "replaced")
-        os.rename(path, old)
-    try:
-        os.rename(tmp, path)
-    except OSError:
-        if old is not None:
-            os.rename(old, path)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def open_store(path: str | os.PathLike[str]) -> xr.Dataset:

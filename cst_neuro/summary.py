@@ -37,6 +37,8 @@ def describe(ds: xr.Dataset, *, path: str | os.PathLike[str] | None = None) -> s
     if "valid" in ds:
         valid = np.asarray(ds["valid"].values)
         lines.append(f"valid:     {int(valid.sum())}/{valid.size} frames complete")
+        if not valid.any():
+            lines.append("           no frame has data a model can read (every sample missing?)")
     data_vars = ", ".join(f"{n}{tuple(ds[n].dims)}" for n in ds.data_vars)
     lines.append(f"variables: {data_vars}")
     lines.append(

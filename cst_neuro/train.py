@@ -31,8 +31,9 @@ import xarray as xr
 from torch import Tensor, nn
 
 from cst_neuro._distributed import agree, gather, process_group
+from cst_neuro.atomic import check_output
 from cst_neuro.blend import BlendSummary, choose_blend
-from cst_neuro.checkpoint import Checkpoint, DataBinding, checked_contents
+from cst_neuro.checkpoint import CHECKPOINT, Checkpoint, DataBinding, checked_contents
 from cst_neuro.data import (
     ChannelWindows,
     TimeSplit,
@@ -44,7 +45,7 @@ from cst_neuro.data import (
 from cst_neuro.device import autocast, resolve_device
 from cst_neuro.errors import InputError
 from cst_neuro.fit_config import FitConfig
-from cst_neuro.model.cst import CST
+from cst_neuro.model.cst import CST, CSTConfig
 from cst_neuro.model.modes import DataShape, Mode, get_mode
 from cst_neuro.model.sobolev import SobolevConfig
 from cst_neuro.prior import bound_config, load_prior, prior_name, start_from
@@ -170,7 +171,7 @@ def fit(
     process) is left as is and the run ends in an OutputError.
     """
     config = config or FitConfig()
-    output = Path(output)
+    output = check_output(output, CHECKPOINT, overwrite=overwrite)  # only a checkpoint is replaced
     mode = get_mode(config.mode)
     with process_group() as (rank, world):
         dev = resolve_device(device)
@@ -286,10 +287,11 @@ def _initial_model(
         model_config = mode.auto_config(data_shape(windows, config), config.model)
         return mode.build(model_config), model_config
     where = prior_name(prior)
-    if loaded.model_config.window != config.window:
+    network = loaded.model_config
+    if isinstance(network, CSTConfig) and network.window != config.window:
         raise InputError(
             where,
-            f"the prior's windows are {loaded.model_config.window} frames, this fit's "
+            f"the prior's windows are {network.window} frames, this fit's "
             f"{config.window}: drop window, or set prior = none",
         )
     try:

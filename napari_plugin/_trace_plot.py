@@ -45,7 +45,7 @@ class TracePlot(QWidget):
         }
         for name, style in BASELINE_STYLES.items():
             self.lines[name] = self.axes.plot([], [], style, color="0.45", lw=1, label=name)[0]
-        self.cursor = self.axes.axvline(np.nan, color="C1", lw=1)
+        self.time_line = self.axes.axvline(np.nan, color="C1", lw=1)  # not QWidget.cursor
         self.trace: Trace | None = None
         self._baselines = True
 
@@ -82,7 +82,7 @@ class TracePlot(QWidget):
         for name in BASELINE_STYLES:
             self.lines[name].set_visible(self._baselines)
         shown = [
-            line for line in self.lines.values() if line.get_visible() and len(line.get_xdata())
+            line for line in self.lines.values() if line.get_visible() and np.size(line.get_xdata())
         ]
         if shown:
             self.axes.legend(
@@ -92,9 +92,9 @@ class TracePlot(QWidget):
 
     def set_cursor(self, t: float) -> None:
         """Move the time cursor to ``t`` seconds."""
-        self.cursor.set_xdata([t, t])
+        self.time_line.set_xdata([t, t])
         self.canvas.draw_idle()
 
     @property
     def cursor_time(self) -> float:
-        return float(np.asarray(self.cursor.get_xdata())[0])
+        return float(np.asarray(self.time_line.get_xdata())[0])

@@ -265,8 +265,9 @@ class CSTWidget(QWidget):
         """Scrub a model loaded from ``path`` (Load model…, or ``cst-neuro view --model``)."""
         self.model_path.setText(str(path))
         self.use_session(session)
+        n_params = sum(p.numel() for p in session.model.parameters())
         self.loss_label.setText(
-            f"loaded a {session.checkpoint.mode} model ({session.model.num_params():,} parameters)"
+            f"loaded a {session.checkpoint.mode} model ({n_params:,} parameters)"
         )
         self._report(f"loaded {path}")
 
@@ -301,7 +302,7 @@ class CSTWidget(QWidget):
             session.name,
             session.windows.n_channels,
         )
-        if same and old.selection is not None:
+        if old is not None and same and old.selection is not None:
             self.scrubber.select(old.selection)
         else:
             self.plot.clear()
@@ -318,9 +319,10 @@ class CSTWidget(QWidget):
         self, path: str | os.PathLike[str], *, overwrite: bool = False
     ) -> Any:
         """Write the reconstruction at K× the frame rate to a zarr store, in a worker."""
-        session = self._session_or_report()
-        if session is None:
+        scrubber = self._scrubber_or_report()
+        if scrubber is None:
             return None
+        session = scrubber.session
         self._report(f"writing {path}…")
         job = session.export_reconstruction
         return self._run(lambda: job(path, overwrite=overwrite), self._exported)
@@ -334,29 +336,33 @@ class CSTWidget(QWidget):
         overwrite: bool = False,
     ) -> Any:
         """Write a TIFF movie from ``start`` to ``stop`` (default: the scrubbed range)."""
-        session = self._session_or_report()
-        if session is None:
+        scrubber = self._scrubber_or_report()
+        if scrubber is None:
             return None
-        lo, hi = self.scrubber.scrubbed or (self.scrubber.time, self.scrubber.time)
-        start, stop = lo if start is None else start, hi if stop is None else stop
-        self._report(f"writing {path} ({start:.3f}-{stop:.3f} s)…")
+        session = scrubber.session
+        lo, hi = scrubber.scrubbed or (scrubber.time, scrubber.time)
+        t0, t1 = lo if start is None else start, hi if stop is None else stop
+        if t0 is None or t1 is None:
+            self._report("scrub to a time first")
+            return None
+        self._report(f"writing {path} ({t0:.3f}-{t1:.3f} s)…")
         job = session.export_movie
-        return self._run(lambda: job(path, start, stop, overwrite=overwrite), self._exported)
+        return self._run(lambda: job(path, t0, t1, overwrite=overwrite), self._exported)
 
     def _exported(self, path: Path) -> None:
         self._set_busy(False)
         self._report(f"wrote {path}")
 
-    def _session_or_report(self) -> ScrubSession | None:
+    def _scrubber_or_report(self) -> Scrubber | None:
         if self.scrubber is None:
             self._report("train or load a model first")
-            return None
-        return self.scrubber.session
+        return self.scrubber
 
     def _choose_zarr(self) -> None:
+        scrubber = self._scrubber_or_report()
         path = QFileDialog.getExistingDirectory(self, "Folder for the reconstruction store")
-        if path:
-            name = f"{self.scrubber.session.name} reconstruction x{self.scrubber.session.upsample}"
+        if path and scrubber is not None:
+            name = f"{scrubber.session.name} reconstruction x{scrubber.session.upsample}"
             self.export_reconstruction(Path(path) / f"{name.replace(' ', '_')}.zarr")
 
     def _choose_movie(self) -> None:

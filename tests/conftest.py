@@ -1,7 +1,9 @@
-"""Shared fixtures: the real recordings in ../shared/data (skipped when absent) and seeding."""
+"""Shared fixtures: the real recordings in ../shared/data (skipped when absent), seeding,
+simulated recordings and the tiny model every fitting test trains."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -9,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+import xarray as xr
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -43,7 +46,33 @@ def numeric_reads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
     return reads
 
 
+# a tiny network trained from scratch (prior = "none"): plumbing tests, not accuracy
 TINY_MODEL = {"d_model": 16, "n_heads": 2, "n_layers": 1, "d_ff": 32, "n_fourier": 8}
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> dict[str, int]:
+    """CSTConfig overrides of a model that trains in about a second (a fresh copy)."""
+    return dict(TINY_MODEL)
+
+
+@pytest.fixture(scope="session")
+def simulate_recording() -> Callable[..., tuple[Any, xr.Dataset]]:
+    """``simulate_recording(n_rois, n_frames, dff=True, **config)``: (simulation, Recording).
+
+    The Recording is in memory, with ΔF/F unless ``dff=False``; each distinct call is
+    simulated once per session (treat the results as read-only).
+    """
+    from cst_neuro.preprocess import compute_dff
+    from cst_neuro.simulate import SimulationConfig, simulate
+
+    @functools.cache
+    def make(n_rois: int, n_frames: int, dff: bool = True, **config: Any) -> tuple[Any, xr.Dataset]:
+        sim = simulate(SimulationConfig(n_rois=n_rois, n_frames=n_frames, **config))
+        ds = sim.recording()
+        return sim, (compute_dff(ds).load() if dff else ds)
+
+    return make
 
 
 @pytest.fixture(scope="session")
@@ -53,7 +82,7 @@ def tiny_fit_config() -> Callable[..., Any]:
 
     def make(**overrides: Any) -> FitConfig:
         base = dict(window=16, batch_size=2, steps_per_epoch=2, max_epochs=1, n_collocation=16)
-        return FitConfig(**{**base, "model": TINY_MODEL, **overrides})
+        return FitConfig(**{**base, "prior": "none", "model": TINY_MODEL, **overrides})
 
     return make
 

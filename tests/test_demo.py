@@ -79,3 +79,10 @@ def test_demo_refuses_a_folder_with_other_files(tmp_path: Path) -> None:
         f"error: {tmp_path}: is not empty; pass --overwrite to replace the demo's files"
     )
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_demo_overwrite_replaces_only_an_earlier_demo(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(OutputError, match="not the folder of a cst-neuro demo; not replacing"):
+        run_demo(tmp_path, config=TINY, overwrite=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]

@@ -23,7 +23,7 @@ def recording():
 
 def config(max_epochs: int) -> FitConfig:
     return FitConfig(window=16, batch_size=2, steps_per_epoch=2, max_epochs=max_epochs,
-                     patience=50, n_collocation=16, model=TINY)  # fmt: skip
+                     patience=50, n_collocation=16, prior="none", model=TINY)  # fmt: skip
 
 
 def test_callback_sees_every_epoch(recording, tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import logging
 import subprocess
 import sys
 import warnings
+from typing import Any
 
 import dask.array as da
 import numpy as np
@@ -119,21 +120,16 @@ def test_roi_labels_highest_weight_wins_and_repeats_add_up() -> None:
     assert np.count_nonzero(labels) == 2
 
 
-def test_roi_labels_of_a_simulation(rng: np.random.Generator) -> None:
-    from cst_neuro.simulate import SimulationConfig, simulate
-
-    ds = simulate(SimulationConfig(n_rois=25, n_frames=20, fov=(64, 64), seed=3)).recording()
+def test_roi_labels_of_a_simulation(simulate_recording: Any) -> None:
+    ds = simulate_recording(25, 20, dff=False, fov=(64, 64), seed=3)[1]
     fp = [ds[f"footprint_{k}"].values for k in ("roi", "y", "x", "weight")]
     labels = roi_labels(ds)
     np.testing.assert_array_equal(labels, naive_labels(*fp, (64, 64)))
     assert set(np.unique(labels)) == set(range(26))
 
 
-def test_roi_labels_on_several_planes() -> None:
-    from cst_neuro.simulate import SimulationConfig, simulate
-
-    cfg = SimulationConfig(n_rois=20, n_frames=20, fov=(48, 48), n_planes=2, seed=1)
-    ds = simulate(cfg).recording()
+def test_roi_labels_on_several_planes(simulate_recording: Any) -> None:
+    ds = simulate_recording(20, 20, dff=False, fov=(48, 48), n_planes=2, seed=1)[1]
     layers = by_variable(recording_layers(ds))
     labels, kwargs, kind = layers["footprints"]
     assert kind == "labels" and labels.shape == (2, 48, 48)
@@ -187,11 +183,10 @@ def test_time_series_scale_units_and_metadata() -> None:
         assert kwargs["name"].startswith("toy ")
 
 
-def test_binned_images_line_up_with_footprints() -> None:
+def test_binned_images_line_up_with_footprints(simulate_recording: Any) -> None:
     from cst_neuro.grid import bin_movie, render_grid
-    from cst_neuro.simulate import SimulationConfig, simulate
 
-    ds = simulate(SimulationConfig(n_rois=20, n_frames=40, fov=(64, 64), seed=2)).recording()
+    ds = simulate_recording(20, 40, dff=False, fov=(64, 64), seed=2)[1]
     ds = ds.assign(dff=ds["F"])
     binned = render_grid(ds, var="dff", bin=4)
     ds = ds.drop_dims(["y", "x"]).assign(mean_image=bin_movie(ds["mean_image"], 4)).merge(binned)
@@ -328,7 +323,8 @@ def test_junk_is_refused_without_raising(tmp_path) -> None:
     fake_npy.write_text("not numpy")
     for path in (text, fake_npy, tmp_path / "missing.npy", tmp_path, str(text), [text, text]):
         assert napari_get_reader(path) is None
-    assert napari_get_reader(None) is None  # type: ignore[arg-type]
+    nothing: Any = None  # what napari may pass when it has no path
+    assert napari_get_reader(nothing) is None
 
 
 def test_reader_hook_on_a_suite2p_folder_and_traces(tmp_path) -> None:

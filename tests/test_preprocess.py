@@ -209,7 +209,7 @@ def test_neuropil_correct(rng):
     np.testing.assert_array_equal(neuropil_correct(F), F)
     with pytest.raises(InputError, match="shape"):
         neuropil_correct(F, Fneu[:, :10])
-    with pytest.raises(InputError, match="neuropil coefficient"):
+    with pytest.raises(InputError, match=r"neuropil = -0\.1 must be >= 0"):
         neuropil_correct(F, Fneu, -0.1)
 
 
@@ -406,14 +406,16 @@ def test_neuropil_coefficient_sources(rng, caplog):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"baseline": "median"}, "unknown ΔF/F baseline 'median'"),
-        ({"win_baseline": 0.0}, "win_baseline must be > 0"),
-        ({"win_baseline": -3.0}, "win_baseline must be > 0"),
+        ({"baseline": "median"}, "setting baseline = 'median' must be one of maximin, "),
+        ({"win_baseline": 0.0}, "setting win_baseline = 0.0 must be > 0"),
+        ({"win_baseline": -3.0}, "setting win_baseline = -3.0 must be > 0"),
+        ({"win_baseline": "60"}, "setting win_baseline = '60' must be a number"),
         ({"win_baseline": 0.05}, "shorter than one frame"),
-        ({"baseline": "percentile", "prctile_baseline": 101.0}, r"\[0, 100\]"),
-        ({"baseline": "prctile", "prctile_baseline": -1.0}, r"\[0, 100\]"),
+        ({"baseline": "percentile", "prctile_baseline": 101.0}, "prctile_baseline = 101.0 must"),
+        ({"baseline": "prctile", "prctile_baseline": -1.0}, "prctile_baseline = -1.0 must be >="),
         ({"sig_baseline": -1.0}, "sig_baseline"),
-        ({"neuropil": -0.5}, "neuropil coefficient"),
+        ({"sig_baseline": float("inf")}, "sig_baseline = inf must be a finite number"),
+        ({"neuropil": -0.5}, "setting neuropil = -0.5 must be >= 0"),
         ({"guard_fraction": 0.0}, "guard_fraction"),
     ],
 )
@@ -456,3 +458,24 @@ def test_real_suite2p_recording(shared_data):
     ok = out["dff_guarded"].values == 0
     want = ((Fc - flow) / flow).T
     np.testing.assert_allclose(dff[:, ok], want[:, ok], rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("fs", [1e12, 1e308])
+def test_an_absurd_rate_is_refused_before_allocating(rng, fs: float) -> None:
+    F, Fneu = positive_traces(rng, T=50, R=2)
+    ds = recording(F, Fneu, coefficient=0.7, name="session.npy")
+    ds.attrs["fs"] = fs
+    with pytest.raises(InputError, match=r"session\.npy: the 60 s baseline window at .* GiB"):
+        compute_dff(ds)
+
+
+def test_valid_describes_the_dff_a_model_reads(rng) -> None:
+    F, Fneu = positive_traces(rng, T=50, R=3)
+    Fneu[7, 1] = np.nan  # F is finite there, but ΔF/F = F - r Fneu is not
+    ds = recording(F, Fneu, coefficient=0.7)
+    assert ds["valid"].values.all()
+    out = compute_dff(ds)
+    assert np.isnan(out["dff"].values[7, 1]) and not out["valid"].values[7]
+    assert out["valid"].values.sum() == 49
+    dead = recording(np.full_like(F, np.nan), Fneu, coefficient=0.7)
+    assert not compute_dff(dead)["valid"].values.any()  # nothing to read: nothing valid

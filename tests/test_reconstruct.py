@@ -17,7 +17,9 @@ from cst_neuro.store import open_store, write_recording
 from cst_neuro.train import FitConfig, fit
 
 TINY = {"d_model": 16, "n_heads": 2, "n_layers": 1, "d_ff": 32, "n_fourier": 8}
-CONFIG = dict(window=16, batch_size=2, steps_per_epoch=2, max_epochs=1, n_collocation=8)
+CONFIG = dict(
+    window=16, batch_size=2, steps_per_epoch=2, max_epochs=1, n_collocation=8, prior="none"
+)
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +107,7 @@ def test_cli_fit_and_reconstruct(trained, tmp_path: Path) -> None:
     _, store, _ = trained
     config = tmp_path / "tiny.toml"
     config.write_text(
-        "window = 16\nbatch_size = 2\nsteps_per_epoch = 2\nn_collocation = 8\n"
+        "window = 16\nbatch_size = 2\nsteps_per_epoch = 2\nn_collocation = 8\nprior = 'none'\n"
         "[model]\nd_model = 16\nn_heads = 2\nn_layers = 1\nd_ff = 32\nn_fourier = 8\n"
     )
     model = tmp_path / "m.pt"

@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 
 from cst_neuro.errors import InputError, OutputError
 from cst_neuro.layers import roi_labels
-from cst_neuro.preprocess import compute_dff
 from cst_neuro.reconstruct import Reconstructor
 from cst_neuro.scrub import (
     ROLES,
@@ -22,7 +21,6 @@ from cst_neuro.scrub import (
     modelled_recording,
     scrub_layers,
 )
-from cst_neuro.simulate import SimulationConfig, simulate
 from cst_neuro.store import open_store
 from cst_neuro.train import fit
 
@@ -30,24 +28,19 @@ K = 4
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def simulated(n_rois: int, n_frames: int, fov: tuple[int, int], seed: int):
-    sim = simulate(SimulationConfig(n_rois=n_rois, n_frames=n_frames, fov=fov, seed=seed))
-    return sim, compute_dff(sim.recording()).load()
-
-
 @pytest.fixture(scope="module")
-def traces(tmp_path_factory, tiny_fit_config):
+def traces(tmp_path_factory, tiny_fit_config, simulate_recording):
     """A simulated recording with footprints and a tiny model trained on its ΔF/F."""
-    _, ds = simulated(12, 96, (64, 64), seed=4)
+    _, ds = simulate_recording(12, 96, fov=(64, 64), seed=4)
     path = tmp_path_factory.mktemp("traces") / "model.pt"
     fit(ds, path, config=tiny_fit_config(), device="cpu")
     return ds, path, ScrubSession.from_checkpoint(path, ds, upsample=K)
 
 
 @pytest.fixture(scope="module")
-def grid(tmp_path_factory, tiny_fit_config):
+def grid(tmp_path_factory, tiny_fit_config, simulate_recording):
     """A 23 × 22 movie (5 × 5 patches of 4 × 4 pixels; edge pixels left out) and its model."""
-    sim, ds = simulated(4, 64, (23, 22), seed=5)
+    sim, ds = simulate_recording(4, 64, fov=(23, 22), seed=5)
     ds = ds[["valid", "mean_image"]].assign(movie=(("time", "y", "x"), sim.movie()))
     path = tmp_path_factory.mktemp("grid") / "model.pt"
     fit(ds, path, config=tiny_fit_config(var="movie"), device="cpu")
@@ -186,6 +179,24 @@ def test_export_movie(traces, tmp_path: Path) -> None:
     with pytest.raises(InputError, match="no slider time"):
         session.export_movie(tmp_path / "none.tif", 50, 60)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["movie.tif"]  # no partial files
+    session.export_movie(path, 0.5, 0.55, overwrite=True)  # its own earlier export: replaced
+    tifffile.imwrite(tmp_path / "raw.tif", np.zeros((3, 8, 8), np.uint16))  # a user's movie
+    with pytest.raises(OutputError, match="not a movie exported by cst-neuro; not replacing"):
+        session.export_movie(tmp_path / "raw.tif", 0.5, 0.6, overwrite=True)
+    assert tifffile.imread(tmp_path / "raw.tif").shape == (3, 8, 8)
+
+
+def test_held_out_frames_of_other_data_are_not_marked_and_say_so(
+    traces, caplog: pytest.LogCaptureFixture
+) -> None:
+    ds, path, session = traces
+    assert session.held_out.any()  # the very data it trained on: validation frames marked
+    other = ds.copy()
+    other["dff"] = ds["dff"] * 2
+    with caplog.at_level("WARNING", logger="cst_neuro.scrub"):
+        moved = ScrubSession.from_checkpoint(path, other, upsample=K)
+    assert not moved.held_out.any()
+    assert "trained on different data than this recording" in caplog.text
 
 
 def test_export_reconstruction(traces, tmp_path: Path) -> None:

@@ -329,7 +329,9 @@ def test_v0_layout_matches_real_suite2p_keys(written, shared_data):
 def test_v1_layout_matches_real_suite2p_keys(written, shared_data):
     _, folders = written
     real, ours = shared_data / "suite2p" / "v1_optinist_mouse2p", folders["v1"]
-    assert {p.name for p in real.iterdir()} == {p.name for p in ours.iterdir()}
+    visible = {p.name for p in ours.iterdir() if not p.name.startswith(".")}
+    assert {p.name for p in real.iterdir()} == visible  # and the hidden overwrite marker
+    assert (ours / ".cst-neuro-simulation").is_file()
     assert {p.name for p in (real / "plane0").iterdir()} == {
         p.name for p in (ours / "plane0").iterdir()
     }

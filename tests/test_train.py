@@ -33,8 +33,10 @@ def recording():
 
 
 def tiny_config(**kw) -> FitConfig:
-    model = TINY if kw.get("mode", "cst") != "cst" else {**TINY, "n_fourier": 8}
+    cst = kw.get("mode", "cst") == "cst"
+    model = {**TINY, "n_fourier": 8} if cst else TINY
     base = dict(
+        prior="none" if cst else None,
         window=16,
         batch_size=2,
         steps_per_epoch=3,
@@ -151,7 +153,7 @@ DDP_SCRIPT = textwrap.dedent(
     torch.set_num_threads(1)
     sim = simulate(SimulationConfig(n_rois=6, n_frames=240, fs=20.0, seed=3))
     config = FitConfig(window=16, batch_size=2, steps_per_epoch=2, max_epochs=2,
-                       n_collocation=8, model=dict(d_model=16, n_heads=2, n_layers=1,
+                       n_collocation=8, prior="none", model=dict(d_model=16, n_heads=2, n_layers=1,
                        d_ff=32, n_fourier=8))
     fit(compute_dff(sim.recording()), sys.argv[1], config=config, device="cpu")
     print("rank done")

@@ -1,10 +1,11 @@
-"""What every command shares: the error contract (``error: ...``, exit 2) and logging."""
+"""What every command shares: the error contract (``error: ...``, exit 2), logging, outputs."""
 
 from __future__ import annotations
 
 import functools
 import logging
 import sys
+import typing
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -49,7 +50,7 @@ def handle_errors(func: F) -> F:
             typer.echo("interrupted", err=True)
             raise typer.Exit(130) from None
 
-    return wrapper  # type: ignore[return-value]
+    return typing.cast(F, wrapper)
 
 
 def setup_logging(verbose: bool) -> None:

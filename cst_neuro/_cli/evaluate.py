@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from cst_neuro._cli.common import comma_list, fail, handle_errors
+from cst_neuro._cli.common import comma_list, handle_errors
 
 
 class TaskName(StrEnum):
@@ -45,11 +45,12 @@ def evaluate(
     """Score methods on held-out samples; write report.json, report.md and figures."""
     import dataclasses
 
+    from cst_neuro.atomic import check_output
     from cst_neuro.evaluate import evaluate_store
+    from cst_neuro.evaluate.report import REPORT
     from cst_neuro.train import FitConfig
 
-    if output.exists() and not overwrite:
-        raise fail(f"{output}: already exists; pass --overwrite to replace it")
+    output = check_output(output, REPORT, overwrite=overwrite, inputs=[store])
     settings = None
     if config is not None:  # only what the file sets: the evaluation keeps its own budget
         given = FitConfig.from_toml(config)

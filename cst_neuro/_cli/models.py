@@ -59,10 +59,12 @@ def fit(
     A cst model starts from the calcium prior and fine-tunes it; --max-epochs 0 binds the
     prior to the recording without training (zero-shot).
     """
-    from cst_neuro.store import check_writable, open_store
+    from cst_neuro.atomic import check_output
+    from cst_neuro.checkpoint import CHECKPOINT
+    from cst_neuro.store import open_store
     from cst_neuro.train import fit as run_fit
 
-    check_writable(output, overwrite=overwrite, inputs=[store], store=False)
+    output = check_output(output, CHECKPOINT, overwrite=overwrite, inputs=[store])
     overrides = {
         k: v
         for k, v in dict(
@@ -139,11 +141,12 @@ def pretrain(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing prior file.")] = False,
 ) -> None:
     """Pretrain a calcium prior on simulated recordings (and real ones given) for fit --prior."""
+    from cst_neuro.atomic import check_output
+    from cst_neuro.checkpoint import CHECKPOINT
     from cst_neuro.pretrain import PretrainConfig
     from cst_neuro.pretrain import pretrain as run_pretrain
-    from cst_neuro.store import check_writable
 
-    check_writable(output, overwrite=overwrite, inputs=list(recordings or []), store=False)
+    output = check_output(output, CHECKPOINT, overwrite=overwrite, inputs=list(recordings or []))
     result = run_pretrain(
         output,
         config=PretrainConfig(seed=seed, max_steps=max_steps, max_minutes=max_minutes),

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -46,6 +49,9 @@ def open_viewer(store: Path, model: Path | None, *, upsample: int) -> Any:
 
     ds = open_for_viewing(store)
     session = None if model is None else ScrubSession.from_checkpoint(model, ds, upsample=upsample)
+    problem = display_problem()
+    if problem is not None:  # Qt would abort the process (SIGABRT) instead of raising
+        raise fail(f"no display is available ({problem}); view needs a screen (ssh -X, xvfb-run)")
     viewer = napari.Viewer(title=f"cst-neuro: {store.name}")
     for layer in recording_layers(ds):
         viewer.add_layer(Layer.create(*layer))
@@ -54,3 +60,48 @@ def open_viewer(store: Path, model: Path | None, *, upsample: int) -> Any:
     if session is not None:
         widget.use_loaded(session, model)
     return widget
+
+
+HEADLESS_QT = ("offscreen", "minimal", "vnc", "linuxfb", "eglfs")  # Qt platforms without X
+
+
+def display_problem() -> str | None:
+    """Why Qt could not open a window here (None where it can, or cannot be told).
+
+    On Linux without ``DISPLAY``/``WAYLAND_DISPLAY`` (or with an X display nobody serves)
+    Qt's xcb plugin aborts the process; a headless ``QT_QPA_PLATFORM`` needs no display.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    if os.environ.get("QT_QPA_PLATFORM", "").split(":")[0] in HEADLESS_QT:
+        return None
+    if os.environ.get("WAYLAND_DISPLAY"):
+        return None
+    display = os.environ.get("DISPLAY", "")
+    if not display:
+        return "DISPLAY is not set"
+    return None if _x_server_answers(display) else f"no X server answers at DISPLAY={display}"
+
+
+def _x_server_answers(display: str) -> bool:
+    """Whether an X server accepts connections at ``display`` (``[host]:N[.screen]``)."""
+    host, _, rest = display.rpartition(":")
+    number = rest.split(".")[0]
+    if not number.isdigit():
+        return False
+    if host in ("", "unix"):
+        path = f"/tmp/.X11-unix/X{number}"
+        for address in (path, "\0" + path):  # the socket file, or Linux's abstract name
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(1.0)
+                try:
+                    sock.connect(address)
+                    return True
+                except OSError:
+                    continue
+        return False
+    try:
+        socket.create_connection((host, 6000 + int(number)), timeout=1.0).close()
+    except OSError:
+        return False
+    return True

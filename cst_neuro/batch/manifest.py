@@ -18,11 +18,11 @@ import hashlib
 import json
 import os
 import socket
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from cst_neuro.atomic import write_text
 from cst_neuro.errors import InputError, OutputError
 
 MANIFEST_NAME = "manifest.json"
@@ -142,23 +142,8 @@ class Manifest:
     def save(self) -> Path:
         """Write the manifest atomically (temporary sibling, fsync, rename)."""
         doc = {"format": FORMAT, "format_version": FORMAT_VERSION, "recordings": self.recordings}
-        atomic_write_text(self.path, json.dumps(doc, indent=1, sort_keys=True, default=str))
+        write_text(self.path, json.dumps(doc, indent=1, sort_keys=True, default=str))
         return self.path
-
-
-def atomic_write_text(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` so readers see the old file or the new one, never half."""
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise OutputError(path, f"cannot write ({e.strerror or e})") from e
-    return path
 
 
 class BatchLock:

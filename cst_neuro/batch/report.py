@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cst_neuro.batch.manifest import atomic_write_text
+from cst_neuro.atomic import write_text
 from cst_neuro.batch.steps import STEPS
 
 SUMMARY_CSV = "summary.csv"
 SUMMARY_MD = "summary.md"
+SUMMARY_NAMES = (SUMMARY_CSV, SUMMARY_MD)
 BASE_COLUMNS = ("recording", "status", "error", "duration_s", "ran", "skipped", "input")
 
 
@@ -92,8 +93,8 @@ class BatchReport:
         writer = csv.DictWriter(buf, fieldnames=columns, restval="", lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
-        atomic_write_text(self.summary_csv, buf.getvalue())
-        atomic_write_text(self.summary_md, markdown_table(rows, columns) + "\n")
+        write_text(self.summary_csv, buf.getvalue())
+        write_text(self.summary_md, markdown_table(rows, columns) + "\n")
         return self.summary_csv, self.summary_md
 
     def brief(self) -> str:

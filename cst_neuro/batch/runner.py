@@ -12,6 +12,7 @@ own recording's folder. See ``docs/cluster.md`` for SLURM/PBS and GPUs.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -21,8 +22,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from cst_neuro.batch.manifest import BatchLock, Manifest
-from cst_neuro.batch.report import BatchReport, RecordingResult
+from cst_neuro.atomic import check_not_an_input
+from cst_neuro.batch.manifest import LOCK_NAME, MANIFEST_NAME, BatchLock, Manifest
+from cst_neuro.batch.report import SUMMARY_NAMES, BatchReport, RecordingResult
 from cst_neuro.batch.settings import BatchSettings
 from cst_neuro.batch.steps import (
     NEEDS,
@@ -41,10 +43,16 @@ log = logging.getLogger(__name__)
 GPU_STEPS = ("fit", "reconstruct", "evaluate")
 
 
+RESERVED = {MANIFEST_NAME, LOCK_NAME, *SUMMARY_NAMES}  # the batch's own files in OUTDIR
+
+
 def recording_names(inputs: Sequence[str | os.PathLike[str]]) -> list[str]:
     """A unique, filesystem-safe name per input: its stem, with parent folders if needed.
 
-    ``a/s1/suite2p`` and ``a/s2/suite2p`` become ``s1_suite2p`` and ``s2_suite2p``.
+    ``a/s1/suite2p`` and ``a/s2/suite2p`` become ``s1_suite2p`` and ``s2_suite2p``. Names
+    are ASCII letters, digits, ``._-`` (never hidden, never one of the batch's own files);
+    paths that still read alike (``a b`` and ``a_b``, look-alike letters) get a short
+    hash of their full path, so each recording keeps its folder from run to run.
     """
     paths = [_absolute(p) for p in inputs]
     seen: dict[Path, int] = {}
@@ -52,13 +60,21 @@ def recording_names(inputs: Sequence[str | os.PathLike[str]]) -> list[str]:
         if p in seen:
             raise InputError(inputs[i], f"given twice (also input {seen[p] + 1})")
         seen[p] = i
+    depth = max(len(p.parts) for p in paths)
     for use_stem in (True, False):
-        depth = max(len(p.parts) for p in paths)
         for k in range(1, depth + 1):
             names = [_name(p, k, use_stem) for p in paths]
             if len(set(names)) == len(names):
                 return names
-    raise AssertionError("distinct paths always have distinct names")
+    names = [_name(p, 1, True) for p in paths]
+    return [
+        f"{n}-{_path_hash(p)}" if names.count(n) > 1 else n
+        for n, p in zip(names, paths, strict=True)
+    ]
+
+
+def _path_hash(path: Path) -> str:
+    return hashlib.blake2b(str(path).encode("utf-8", "surrogateescape"), digest_size=4).hexdigest()
 
 
 def _absolute(path: str | os.PathLike[str]) -> Path:
@@ -72,7 +88,9 @@ def _absolute(path: str | os.PathLike[str]) -> Path:
 def _name(path: Path, k: int, use_stem: bool) -> str:
     last = path.stem if use_stem and path.suffix else path.name
     parts = [*path.parent.parts[1:][-(k - 1) :], last] if k > 1 else [last]
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", "_".join(parts)).strip("_") or "recording"
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", "_".join(parts)).strip("_").lstrip(".")
+    name = name or "recording"
+    return f"{name}_recording" if name.lower() in {r.lower() for r in RESERVED} else name
 
 
 def run_batch(
@@ -99,6 +117,7 @@ def run_batch(
     if not inputs:
         raise InputError(None, "no inputs given")
     names = recording_names(inputs)
+    check_not_an_input(Path(outdir), inputs)  # OUTDIR is, holds or lies in a recording
     outdir = Path(outdir).resolve()
     try:
         outdir.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cst_neuro.batch.manifest import atomic_write_text, hash_input, step_key
+from cst_neuro.atomic import write_text
+from cst_neuro.batch.manifest import hash_input, step_key
 from cst_neuro.batch.settings import BatchSettings
 from cst_neuro.errors import CSTNeuroError
 
@@ -179,7 +180,7 @@ def fit_step(job: Job, key: str) -> dict[str, Any]:
     resume = partial_path(output).exists() and marker.exists() and marker.read_text() == key
     if not resume:
         partial_path(output).unlink(missing_ok=True)
-        atomic_write_text(marker, key)
+        write_text(marker, key)
     result = fit(
         open_store(job.store),
         output,

@@ -6,8 +6,9 @@ live in ``tasks``, baselines in ``baselines``, scores in ``metrics``, the paper'
 in ``spirals`` and spike timing on ground-truth recordings in ``spikes``.
 """
 
+from cst_neuro.evaluate.methods import available_methods
 from cst_neuro.evaluate.report import EvaluationReport
-from cst_neuro.evaluate.runner import available_methods, evaluate_store
+from cst_neuro.evaluate.runner import evaluate_store
 from cst_neuro.evaluate.tasks import TASKS, Task
 
 __all__ = ["TASKS", "EvaluationReport", "Task", "available_methods", "evaluate_store"]

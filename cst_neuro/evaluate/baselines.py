@@ -1,11 +1,12 @@
 """Classic baselines that a neuroscientist would otherwise use, and the yardsticks.
 
-Temporal interpolators (``INTERPOLATORS``) fill values between observed frames of each
-ROI: hold-last, linear, PCHIP, natural cubic spline, a windowed Gaussian process, and the
-low-rank population yardstick (PCA across ROIs denoises the observed frames, then linear
-interpolation). Spatial predictors (``SPATIAL``) guess hidden ROIs from the others:
-nearest ROI, inverse-distance weighting, ridge regression. Forecasters (``FORECASTERS``):
-persistence, per-ROI AR(p) and ridge VAR(1).
+Temporal interpolators fill values between observed frames of each ROI: hold-last,
+linear, PCHIP, natural cubic spline, a windowed Gaussian process, and the low-rank
+population yardstick (PCA across ROIs denoises the observed frames, then linear
+interpolation); ``INTERPOLATORS`` maps their names to them. Spatial predictors guess hidden
+ROIs from the others (inverse-distance weighting of the nearest ROIs, ridge regression);
+forecasters are persistence, per-ROI AR(p) and ridge VAR(1). The evaluation's registry of
+methods by name, with how each is run and chosen, is ``cst_neuro.evaluate.methods``.
 
 Everything works on z-scored traces (per-ROI mean and sd from the training segments) and
 in frame units of time. Hyperparameters (GP length scale and noise, PCA rank, ridge

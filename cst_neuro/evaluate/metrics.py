@@ -65,7 +65,7 @@ def affine_to(clean: np.ndarray, noisy: np.ndarray, mask: np.ndarray) -> np.ndar
     return out
 
 
-def smoothness(dense: np.ndarray, step: float, scale: np.ndarray) -> float:
+def smoothness(dense: np.ndarray, step: float, scale: np.ndarray | float) -> float:
     """Energy of the second derivative of a dense reconstruction (T', C) sampled every ``step``.
 
     Mean of (f'' · Δ²)² over time and ROIs, with Δ the observed frame interval and f in units

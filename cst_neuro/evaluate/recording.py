@@ -62,8 +62,10 @@ def load_traces(store: str | os.PathLike[str] | xr.Dataset) -> Traces:
     clean = None
     if CLEAN_VAR in ds:
         clean = np.asarray(ds[CLEAN_VAR].transpose("time", "roi").values, np.float64)[:, alive]
-    roi_coords = {
-        k: (("roi",), np.asarray(ds[k].values)[alive]) for k in ds.coords if ds[k].dims == ("roi",)
+    roi_coords: dict[str, Any] = {
+        str(k): (("roi",), np.asarray(ds[k].values)[alive])
+        for k in ds.coords
+        if ds[k].dims == ("roi",)
     }
     if "roi_y" in ds.coords and "roi_x" in ds.coords:
         positions = np.column_stack([ds["roi_y"].values, ds["roi_x"].values])[alive]

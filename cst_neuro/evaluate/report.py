@@ -15,11 +15,16 @@ from typing import Any
 
 import numpy as np
 
+from cst_neuro.atomic import OutputKind, atomic_folder, check_output
 from cst_neuro.errors import OutputError
 from cst_neuro.evaluate.baselines import CLASSIC
 from cst_neuro.evaluate.models import MODEL_METHODS
 
 log = logging.getLogger(__name__)
+
+REPORT = OutputKind(
+    "an evaluation report", folder=True, recognise=lambda p: (p / "report.json").is_file()
+)
 
 NAMES = {
     "hold": "hold-last",
@@ -163,14 +168,7 @@ class EvaluationReport:
 
     def write(self, out_dir: str | os.PathLike[str]) -> Path:
         """Write report.json, report.md and figures into ``out_dir``, atomically."""
-        from cst_neuro.store import atomic_folder
-
-        out_dir = Path(out_dir)
-        parent = out_dir.parent if str(out_dir.parent) else Path(".")
-        if not parent.is_dir():
-            raise OutputError(out_dir, f"output folder {parent} does not exist")
-        if out_dir.exists() and not (out_dir / "report.json").exists():
-            raise OutputError(out_dir, "exists and is not an evaluation report; not replacing it")
+        out_dir = check_output(out_dir, REPORT, overwrite=True)
         with atomic_folder(out_dir, overwrite=True) as tmp:
             (tmp / "report.md").write_text(self.markdown())
             if self.example is not None:

@@ -1,8 +1,9 @@
 """``evaluate_store``: every method of a task on one recording, over several seeds.
 
-Per seed: a split (``tasks``), z-scoring with training-segment statistics, baselines with
-hyperparameters chosen on validation targets, the model modes fitted within a share of
-the time budget, scores on the test targets (``metrics``). For upsampling also the
+Per seed: a split (``tasks``), z-scoring with training-segment statistics, the methods of
+the task's family looked up in the registry (``methods``: baselines with hyperparameters
+chosen on validation targets; the model modes fitted through ``models.fit_model`` within a
+share of the time budget), scores on the test targets (``metrics``). For upsampling also the
 smoothness of dense reconstructions and an example stretch for the figure.
 """
 
@@ -18,12 +19,13 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from cst_neuro.atomic import check_output
 from cst_neuro.errors import InputError
-from cst_neuro.evaluate import baselines as bl
 from cst_neuro.evaluate import metrics as mt
-from cst_neuro.evaluate.models import MODEL_METHODS, WINDOW, FittedModel, fit_model
+from cst_neuro.evaluate.methods import METHODS, MODEL, Forecasting, available_methods
+from cst_neuro.evaluate.models import WINDOW, FittedModel, fit_model
 from cst_neuro.evaluate.recording import Traces, load_traces, masked_recording
-from cst_neuro.evaluate.report import EvaluationReport
+from cst_neuro.evaluate.report import REPORT, EvaluationReport
 from cst_neuro.evaluate.tasks import Split, Task, forecast_origins, make_split, segments
 
 log = logging.getLogger(__name__)
@@ -32,18 +34,6 @@ DEFAULT_MINUTES = 8.0  # whole-evaluation budget when none is given (fits in 10 
 MODEL_SHARE = 0.8  # share of the budget for model training; the rest predicts and scores
 DENSE = 8  # dense reconstructions: points per observed interval (smoothness, figures)
 MAX_ORIGINS = 64
-
-
-def available_methods(task: Task, n_rois: int, positions: bool = True) -> tuple[str, ...]:
-    """The methods that apply to ``task`` on ``n_rois`` ROIs (with known ``positions`` or not)."""
-    if task.name == "spatial":
-        near = ("nearest", "idw") if positions else ()
-        base: tuple[str, ...] = ("mean", *near, "ridge")
-    elif task.name == "forecast":
-        base = ("persistence", "ar", "var")
-    else:
-        base = bl.CLASSIC + (("lowrank",) if n_rois >= bl.LOW_RANK_MIN_ROIS else ())
-    return base + MODEL_METHODS
 
 
 def evaluate_store(
@@ -67,6 +57,8 @@ def evaluate_store(
     forecasting; ``factor`` sets upsampling. ``fit_settings`` override FitConfig fields of
     the model fits (as a ``cst-neuro fit --config`` TOML would).
     """
+    if out_dir is not None:
+        check_output(out_dir, REPORT, overwrite=True)  # before any work; again when written
     traces = load_traces(store)
     spec = Task(task, factor=factor, fraction=fraction, block=block, horizon=horizon)
     report = evaluate_traces(
@@ -82,7 +74,7 @@ def evaluate_store(
     return report
 
 
-SeedHook = Callable[["_Seed", dict[str, Callable]], dict[str, dict[str, float]]]
+SeedHook = Callable[["Seed", dict[str, Callable]], dict[str, dict[str, float]]]
 
 
 def evaluate_traces(
@@ -100,11 +92,12 @@ def evaluate_traces(
     ``queries`` maps each method to its frames -> (Q, C) z-scored predictor (interpolation
     tasks), so extra analyses (spike timing) reuse the very models that were scored.
     """
+    spec.check(traces.shape[0], traces.name)
     chosen = _resolve_methods(spec, traces, methods)
     if seeds < 1:
         raise InputError(None, f"seeds must be 1 or more, got {seeds}")
     budget = DEFAULT_MINUTES if max_minutes is None else float(max_minutes)
-    n_fits = seeds * sum(m in MODEL_METHODS for m in chosen)
+    n_fits = seeds * sum(METHODS[m].family == MODEL for m in chosen)
     per_fit = budget * MODEL_SHARE / max(n_fits, 1)
     start = time.perf_counter()
     runs, example = [], None
@@ -153,13 +146,13 @@ def _resolve_methods(task: Task, traces: Traces, methods: Sequence[str] | None) 
     return list(dict.fromkeys(methods))
 
 
-class _Seed:
+class Seed:
     """One seed's split, z-scored data and scoring masks."""
 
     def __init__(self, traces: Traces, task: Task, seed: int) -> None:
         self.traces, self.task, self.seed = traces, task, seed
         finite = np.isfinite(traces.values)
-        if task.name == "forecast":
+        if task.kind.family == "forecast":
             seg = segments(traces.shape[0], seed)
             self.split = Split(finite, seg, finite & False, finite & False)
         else:
@@ -199,94 +192,42 @@ def _run_seed(
     fit: Callable[..., FittedModel],
     on_seed: SeedHook | None = None,
 ) -> tuple[dict[str, dict[str, float]], dict[str, Any] | None]:
-    s = _Seed(traces, task, seed)
-    if task.name == "forecast":
+    s = Seed(traces, task, seed)
+    if task.kind.family == "forecast":
         return _forecast(s, methods, fit), None
     scores: dict[str, dict[str, float]] = {}
     dense: dict[str, Callable] = {}  # (frames, channels) -> (Q, C) z-scored
-    for method in methods:
+    for name in methods:
         start = time.perf_counter()
-        if method in MODEL_METHODS:
-            fitted = fit(traces, s.split, method, seed)
+        method = METHODS[name]
+        if method.family == MODEL:
+            fitted = fit(traces, s.split, name, seed)
             pred, query = _model_predictions(s, fitted)
-            scores[method] = {
+            scores[name] = {
                 **s.score(pred),
                 "seconds": time.perf_counter() - start,
                 "fit_seconds": fitted.fit_seconds,
                 "epochs": float(fitted.epochs),
             }
-            dense[method] = query
+            dense[name] = query
             continue
-        if task.name == "spatial":
-            pred = _spatial(s, method)
+        assert method.predict is not None  # every baseline registers a predictor
+        if method.family == "spatial":
+            pred = method.predict(s)
         else:
-            pred, predict = _interpolate(s, method)
-            dense[method] = _with_columns(predict)
-        scores[method] = {**s.score(pred), "seconds": time.perf_counter() - start}
+            pred, predict = method.predict(s)
+            dense[name] = _with_columns(predict)
+        scores[name] = {**s.score(pred), "seconds": time.perf_counter() - start}
     example = None
-    if task.name == "upsample":
+    if task.kind.dense:
         example = _smoothness(s, dense, scores)
     if on_seed is not None:
-        for method, extra in on_seed(s, dense).items():
-            scores[method].update(extra)
+        for name, extra in on_seed(s, dense).items():
+            scores[name].update(extra)
     return scores, (example if seed == 0 else None)
 
 
-def _groups(observed: np.ndarray) -> list[np.ndarray]:
-    """Columns grouped by identical observed-frame patterns (usually one group)."""
-    keys: dict[bytes, list[int]] = {}
-    for c in range(observed.shape[1]):
-        keys.setdefault(np.packbits(observed[:, c]).tobytes(), []).append(c)
-    return [np.asarray(v) for v in keys.values()]
-
-
-def _interpolator(s: _Seed, method: str, params: dict[str, Any]) -> Callable:
-    """frames (Q,) -> (Q, C) z-scored predictions of one interpolator with ``params``."""
-    fn = bl.INTERPOLATORS[method]
-    if method == "lowrank":
-        rows = (s.split.train_observed & np.isfinite(s.z)).all(1)
-        params = {**params, "components": bl.pca_components(s.z[rows])}
-    groups = _groups(s.observed)
-
-    def predict(frames: np.ndarray) -> np.ndarray:
-        out = np.full((frames.size, s.z.shape[1]), np.nan)
-        for cols in groups:
-            t_obs = np.flatnonzero(s.observed[:, cols[0]])
-            if t_obs.size < 2:
-                continue
-            if method == "lowrank":  # projects across all ROIs: needs the shared frames
-                t_obs = np.flatnonzero(s.observed.all(1))
-                out[:, cols] = fn(t_obs, s.z[t_obs], frames, **params)[:, cols]
-            else:
-                out[:, cols] = fn(t_obs, s.z[np.ix_(t_obs, cols)], frames, **params)
-        return out
-
-    return predict
-
-
-def _interpolate(s: _Seed, method: str) -> tuple[np.ndarray, Callable]:
-    """Test predictions (T, C) of an interpolator, its grid choice made on validation."""
-    grid = bl.GRIDS.get(method, [{}])
-    if method == "lowrank":
-        n_rank = min(int((s.split.train_observed.all(1)).sum()), s.z.shape[1])
-        grid = [g for g in grid if g["rank"] < n_rank] or [{"rank": 1}]
-    best, best_score = grid[0], np.inf
-    if len(grid) > 1:
-        rows = np.flatnonzero(s.val_mask.any(1))
-        for params in grid:
-            pred = np.full_like(s.z, np.nan)
-            pred[rows] = _interpolator(s, method, params)(rows.astype(np.float64))
-            score = mt.nmse(pred, s.z, s.val_mask, mt.roi_variance(s.z, s.split.segment == 1))
-            if score < best_score:
-                best, best_score = params, score
-    predict = _interpolator(s, method, best)
-    rows = np.flatnonzero(s.test_mask.any(1))
-    pred = np.full_like(s.z, np.nan)
-    pred[rows] = predict(rows.astype(np.float64))
-    return pred, predict
-
-
-def _model_predictions(s: _Seed, fitted: FittedModel) -> tuple[np.ndarray, Callable]:
+def _model_predictions(s: Seed, fitted: FittedModel) -> tuple[np.ndarray, Callable]:
     """Test predictions (T, C) of a fitted model, and its frames -> (Q, C) query."""
     t = s.traces
 
@@ -303,36 +244,8 @@ def _model_predictions(s: _Seed, fitted: FittedModel) -> tuple[np.ndarray, Calla
     return pred, query
 
 
-def _spatial(s: _Seed, method: str) -> np.ndarray:
-    """Test predictions (T, C) of the hidden ROIs from the seen ones."""
-    hidden = np.flatnonzero((s.split.val_targets | s.split.test_targets).any(0))
-    seen = np.ones(s.z.shape[1], bool)
-    seen[hidden] = False
-    z = np.nan_to_num(s.z)
-    pred = np.full_like(s.z, np.nan)
-    if method == "mean":
-        pred[:, hidden] = 0.0
-    elif method in ("nearest", "idw"):
-        k = 1 if method == "nearest" else 8
-        pred[:, hidden] = bl.idw(z, seen, s.traces.positions, hidden, k=k)
-    else:  # ridge, strength chosen on validation frames
-        train = s.split.train_frames
-        val = s.split.segment == 1
-        val_var = mt.roi_variance(s.z, val)
-        best, best_score = None, np.inf
-        for params in bl.GRIDS["ridge"]:
-            guess = np.full_like(s.z, np.nan)
-            x, y = z[train][:, seen], z[train][:, hidden]
-            guess[:, hidden] = bl.ridge(x, y, z[:, seen], **params)
-            score = mt.nmse(guess, s.z, s.val_mask, val_var)
-            if score < best_score:
-                best, best_score = guess, score
-        pred = best
-    return pred
-
-
 def _forecast(
-    s: _Seed, methods: list[str], fit: Callable[..., FittedModel]
+    s: Seed, methods: list[str], fit: Callable[..., FittedModel]
 ) -> dict[str, dict[str, float]]:
     """Scores of forecasts h frames ahead from WINDOW frames of context, at test origins."""
     h, ctx = s.task.horizon, min(WINDOW, s.z.shape[0] // 4)
@@ -356,26 +269,23 @@ def _forecast(
 
     hist, truth = windows(origins)
     vhist, vtruth = windows(val_origins)
+    data = Forecasting(z, train, h, hist, vhist, vtruth, lambda p, t: score(p, t)["nmse"])
     scores: dict[str, dict[str, float]] = {}
-    for method in methods:
+    for name in methods:
         start, extra = time.perf_counter(), {}
-        if method == "persistence":
-            pred = bl.persistence(hist, h)
-        elif method in ("ar", "var"):
-            fit_fn = bl.fit_ar if method == "ar" else bl.fit_var
-            run = bl.ar_forecast if method == "ar" else bl.var_forecast
-            fits = [fit_fn(z, train, *p.values()) for p in bl.GRIDS[method]]
-            val = [score(run(vhist, h, f), vtruth)["nmse"] for f in fits]
-            pred = run(hist, h, fits[int(np.nanargmin(val))])
-        else:
-            fitted = fit(s.traces, s.split, method, s.seed)
+        method = METHODS[name]
+        if method.family == MODEL:
+            fitted = fit(s.traces, s.split, name, s.seed)
             pred = _model_forecasts(s, fitted, origins, h)
             extra = {"fit_seconds": fitted.fit_seconds, "epochs": float(fitted.epochs)}
-        scores[method] = {**score(pred, truth), "seconds": time.perf_counter() - start, **extra}
+        else:
+            assert method.predict is not None  # every baseline registers a predictor
+            pred = method.predict(data)
+        scores[name] = {**score(pred, truth), "seconds": time.perf_counter() - start, **extra}
     return scores
 
 
-def _model_forecasts(s: _Seed, fitted: FittedModel, origins: np.ndarray, h: int) -> np.ndarray:
+def _model_forecasts(s: Seed, fitted: FittedModel, origins: np.ndarray, h: int) -> np.ndarray:
     """(O, h, C) z-scored model forecasts, each from the recording cut at its origin."""
     t = s.traces
     inputs = masked_recording(t, np.isfinite(t.values))
@@ -388,7 +298,7 @@ def _model_forecasts(s: _Seed, fitted: FittedModel, origins: np.ndarray, h: int)
 
 
 def _smoothness(
-    s: _Seed, dense: dict[str, Callable], scores: dict[str, dict[str, float]]
+    s: Seed, dense: dict[str, Callable], scores: dict[str, dict[str, float]]
 ) -> dict[str, Any]:
     """Smoothness of dense reconstructions over a test stretch; returns the figure's example.
 

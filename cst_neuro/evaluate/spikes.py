@@ -21,6 +21,7 @@ import xarray as xr
 
 from cst_neuro.errors import InputError
 from cst_neuro.evaluate.recording import traces_recording
+from cst_neuro.io.mat5 import load_mat
 
 QUIET = 0.5  # s without a spike before a burst onset
 BASELINE = (-0.3, -0.02)  # s around the spike: pre-spike baseline window
@@ -53,13 +54,8 @@ def is_ground_truth(path: str | Path) -> bool:
 
 def load_ground_truth(path: str | Path) -> list[GroundTruth]:
     """Every recording in a CASCADE ground-truth ``.mat`` (struct array ``CAttached``)."""
-    import scipy.io
-
     path = Path(path)
-    try:
-        raw = scipy.io.loadmat(path, squeeze_me=True, struct_as_record=False)
-    except (OSError, ValueError, NotImplementedError) as e:
-        raise InputError(path, f"cannot read ground-truth file ({e})") from e
+    raw = load_mat(path, squeeze_me=True, struct_as_record=False)
     if "CAttached" not in raw:
         raise InputError(path, "no CAttached struct: not a CASCADE ground-truth file")
     out = []

@@ -13,6 +13,7 @@ averaged over the test curves; the noise variance (about 0.45e-3) is its floor.
 from __future__ import annotations
 
 import time
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -185,7 +186,7 @@ def train_spirals(
         "val_mse": float(best_val),
         "epochs": float(epochs),
         "seconds": time.perf_counter() - start,
-        "params": float(net.num_params()),
+        "params": float(sum(p.numel() for p in net.parameters())),
     }
 
 
@@ -200,7 +201,8 @@ def _tokens(curves: np.ndarray, dev: Any) -> tuple[Any, Any]:
         coords = torch.tensor(T[idx], dtype=torch.float32, device=dev).expand(b, n)[..., None]
         values = torch.tensor(curves[:, idx], dtype=torch.float32, device=dev)
         ones = torch.ones(b, n, dtype=torch.bool, device=dev)
-        return Tokens(coords, values, None, ones, values.new_ones(values.shape, dtype=torch.bool))
+        no_ids = typing.cast(torch.Tensor, None)  # one channel: Tokens takes None for ids
+        return Tokens(coords, values, no_ids, ones, values.new_ones(values.shape, dtype=torch.bool))
 
     return tokens(OBSERVED), tokens(HELD)
 

@@ -16,11 +16,15 @@ except across a segment border. Then, per task:
 
 Models train on the observed samples of the training segments only; hidden samples of
 validation segments serve for choosing hyperparameters (never the test ones).
+
+``TASK_KINDS`` is the registry: each task's family of methods, label and hiding rule.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -29,7 +33,26 @@ from cst_neuro.errors import InputError
 N_SEGMENTS = 10
 TEST_SEGMENTS = 2
 VAL_SEGMENTS = 1
-TASKS = ("upsample", "infill", "spatial", "forecast")
+
+Hidden = tuple[np.ndarray, np.ndarray, int]  # observed frames (T,), observed ROIs (C,), stride
+
+
+@dataclass(frozen=True)
+class TaskKind:
+    """One entry of the task registry: what its methods do and which samples it hides.
+
+    ``family`` names the methods that apply (``cst_neuro.evaluate.methods``):
+    ``interpolate``, ``spatial`` or ``forecast``. ``hide(task, n_frames, n_rois, rng)``
+    gives the observed frames and ROIs and the stride (None for forecasting, which has
+    origins instead: ``forecast_origins``). ``dense`` tasks also score the smoothness of
+    dense reconstructions.
+    """
+
+    name: str
+    family: str
+    label: Callable[[Task], str]
+    hide: Callable[[Task, int, int, np.random.Generator], Hidden] | None
+    dense: bool = False
 
 
 @dataclass(frozen=True)
@@ -44,7 +67,7 @@ class Task:
     spatial_fraction: float = 0.1
 
     def __post_init__(self) -> None:
-        if self.name not in TASKS:
+        if self.name not in TASK_KINDS:
             raise InputError(None, f"task must be one of {', '.join(TASKS)}, got {self.name!r}")
         if self.factor < 2:
             raise InputError(None, f"upsampling factor must be 2 or more, got {self.factor}")
@@ -53,17 +76,31 @@ class Task:
         if self.block < 1 or self.horizon < 1:
             raise InputError(None, "block and horizon must be 1 or more")
 
+    def check(self, n_frames: int, source: Any = None) -> None:
+        """InputError naming ``source`` when ``n_frames`` frames cannot hold this task.
+
+        Checked before any work: an upsampling factor that leaves a tenth of the recording
+        (a segment) fewer than two observed frames has nothing to interpolate between.
+        """
+        if n_frames < 2 * N_SEGMENTS:
+            raise InputError(source, f"a recording of {n_frames} frames is too short to evaluate")
+        per_segment = n_frames // N_SEGMENTS
+        if self.name == "upsample" and 2 * self.factor > per_segment:
+            raise InputError(
+                source, f"upsampling factor {self.factor} is too large for {n_frames} frames: "
+                f"each tenth ({per_segment} frames) needs two observed frames, so the factor "
+                f"can be at most {per_segment // 2}"
+            )  # fmt: skip
+
+    @property
+    def kind(self) -> TaskKind:
+        """This task's registry entry."""
+        return TASK_KINDS[self.name]
+
     @property
     def label(self) -> str:
         """Short name for tables: ``upsample x4``, ``infill 20% (blocks of 8)``..."""
-        if self.name == "upsample":
-            return f"upsample x{self.factor}"
-        if self.name == "infill":
-            blocks = f" (blocks of {self.block})" if self.block > 1 else ""
-            return f"infill {round(100 * self.fraction)}%{blocks}"
-        if self.name == "forecast":
-            return f"forecast h={self.horizon}"
-        return f"spatial {round(100 * self.spatial_fraction)}% ROIs"
+        return self.kind.label(self)
 
 
 @dataclass(frozen=True)
@@ -116,23 +153,11 @@ def make_split(task: Task, n_frames: int, n_rois: int, seed: int) -> Split:
     """The masks of ``task`` (not ``forecast``, see ``forecast_origins``) for one seed."""
     seg = segments(n_frames, seed)
     rng = np.random.default_rng([seed, 4])
-    frames = np.ones(n_frames, bool)
-    rois = np.ones(n_rois, bool)
-    stride = 1
-    if task.name == "upsample":
-        frames = np.arange(n_frames) % task.factor == 0
-        stride = task.factor
-    elif task.name == "infill":
-        frames = ~_hidden_runs(n_frames, task.fraction, task.block, rng)
-    elif task.name == "spatial":
-        if n_rois < 2:
-            raise InputError(None, "the spatial task needs at least two ROIs")
-        n_hidden = max(1, round(task.spatial_fraction * n_rois))
-        rois[rng.choice(n_rois, n_hidden, replace=False)] = False
-    else:
+    if task.kind.hide is None:
         raise InputError(None, "forecasting has origins, not a mask: use forecast_origins")
+    frames, rois, stride = task.kind.hide(task, n_frames, n_rois, rng)
     observed = frames[:, None] & rois[None, :]
-    if task.name == "spatial":  # hidden ROIs are seen in training segments
+    if task.kind.family == "spatial":  # hidden ROIs are seen in training segments
         observed |= (seg == 0)[:, None]
     hidden = ~observed & _between_observed(frames)[:, None]
     return Split(
@@ -142,6 +167,26 @@ def make_split(task: Task, n_frames: int, n_rois: int, seed: int) -> Split:
         test_targets=hidden & (seg == 2)[:, None],
         stride=stride,
     )
+
+
+def _every_kth_frame(task: Task, n_frames: int, n_rois: int, rng: np.random.Generator) -> Hidden:
+    """Upsampling: every ``factor``-th frame observed."""
+    return np.arange(n_frames) % task.factor == 0, np.ones(n_rois, bool), task.factor
+
+
+def _random_frames(task: Task, n_frames: int, n_rois: int, rng: np.random.Generator) -> Hidden:
+    """In-filling: a ``fraction`` of frames hidden, in runs of ``block``."""
+    return ~_hidden_runs(n_frames, task.fraction, task.block, rng), np.ones(n_rois, bool), 1
+
+
+def _random_rois(task: Task, n_frames: int, n_rois: int, rng: np.random.Generator) -> Hidden:
+    """Spatial: a ``spatial_fraction`` of ROIs hidden (outside training segments)."""
+    if n_rois < 2:
+        raise InputError(None, "the spatial task needs at least two ROIs")
+    rois = np.ones(n_rois, bool)
+    n_hidden = max(1, round(task.spatial_fraction * n_rois))
+    rois[rng.choice(n_rois, n_hidden, replace=False)] = False
+    return np.ones(n_frames, bool), rois, 1
 
 
 def _hidden_runs(
@@ -174,3 +219,22 @@ def forecast_origins(seg: np.ndarray, horizon: int, context: int, max_origins: i
         raise InputError(None, "no forecast origin fits: recording too short for the horizon")
     pick = np.linspace(0, len(ok) - 1, min(max_origins, len(ok))).round().astype(int)
     return np.asarray(ok)[np.unique(pick)]
+
+
+def _infill_label(task: Task) -> str:
+    blocks = f" (blocks of {task.block})" if task.block > 1 else ""
+    return f"infill {round(100 * task.fraction)}%{blocks}"
+
+
+TASK_KINDS: dict[str, TaskKind] = {
+    kind.name: kind
+    for kind in (
+        TaskKind("upsample", "interpolate", lambda t: f"upsample x{t.factor}", _every_kth_frame,
+                 dense=True),
+        TaskKind("infill", "interpolate", _infill_label, _random_frames),
+        TaskKind("spatial", "spatial", lambda t: f"spatial {round(100 * t.spatial_fraction)}% ROIs",
+                 _random_rois),
+        TaskKind("forecast", "forecast", lambda t: f"forecast h={t.horizon}", None),
+    )
+}  # fmt: skip
+TASKS = tuple(TASK_KINDS)

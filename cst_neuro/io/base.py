@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import logging
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
 import xarray as xr
 
 from cst_neuro.errors import InputError
+
+log = logging.getLogger(__name__)
 
 READER_MODULES = ("suite2p", "caiman", "nwb", "movie", "traces")
 READERS: dict[str, Reader] = {}
@@ -34,13 +38,12 @@ class Reader:
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    # ``open(path, *, option=default, ...)``: each reader declares its own options
+    open: Callable[..., xr.Dataset]
 
     def guess_can_open(self, path: Path) -> bool:
         """Whether ``path`` looks like this format (cheap: names and magic bytes only)."""
         return False
-
-    def open(self, path: Path, **options: Any) -> xr.Dataset:  # pragma: no cover
-        raise NotImplementedError
 
     def option_names(self) -> set[str]:
         """The keyword-only options ``open`` accepts."""
@@ -93,8 +96,11 @@ def guess_format(path: str | os.PathLike[str]) -> str:
         try:
             if reader.guess_can_open(path):
                 return name
-        except Exception:  # a sniffer must never stop the others
-            continue
+        except Exception as e:  # a sniffer must never stop the others, nor fail unseen
+            log.warning(
+                "%s: the %s reader's format check failed (%s: %s); trying the others",
+                path, name, type(e).__name__, e,
+            )  # fmt: skip
     raise InputError(
         path,
         f"can't tell the format (tried {', '.join(readers)}); pass --format {'|'.join(readers)}",

@@ -1,6 +1,6 @@
 """The ``caiman`` reader: CaImAn CNMF results (spatial footprints A, temporal traces C).
 
-Owns CaImAn's two result files and the sparse-footprint helper the NWB reader shares:
+Owns CaImAn's two result files:
 
 - ``.npz`` archives as CaImAn's demos and tests save them: ``A_full`` or ``A``, a pickled
   scipy sparse matrix (pixels × components), ``C_full`` or ``C`` (components × frames),
@@ -28,9 +28,16 @@ import numpy as np
 import xarray as xr
 
 from cst_neuro.errors import InputError
+from cst_neuro.io._common import (
+    ZIP_ERRORS,
+    as_traces,
+    footprint_vars,
+    lazy_h5,
+    resolve_fs,
+    sniff,
+)
 from cst_neuro.io.base import Reader, register
 from cst_neuro.io.safe_pickle import load_npz_object
-from cst_neuro.io.traces import HDF5_MAGIC, ZIP_ERRORS, as_traces, lazy_h5, resolve_fs
 from cst_neuro.schema import frame_times, new_recording
 
 log = logging.getLogger(__name__)
@@ -40,36 +47,9 @@ C_KEYS = ("C_full", "C")
 RATE_KEYS = ("final_frate", "fr")
 
 
-def footprint_vars(
-    roi: np.ndarray, y: np.ndarray, x: np.ndarray, weight: np.ndarray, n_roi: int
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Footprints as the schema's pixel lists (dim ``pix``) and ``roi_y``/``roi_x`` coords.
-
-    A centroid is the weight-weighted mean pixel of its ROI; the plain mean where the
-    weights do not sum to a positive number; NaN for a ROI without pixels.
-    """
-    roi, y, x = (np.asarray(a, dtype=np.int64) for a in (roi, y, x))
-    w = np.asarray(weight, dtype=np.float64)
-    order = np.lexsort((x, y, roi))
-    roi, y, x, w = roi[order], y[order], x[order], w[order]
-    wsum = np.bincount(roi, weights=w, minlength=n_roi)
-    count = np.bincount(roi, minlength=n_roi).astype(np.float64)
-    centroids = {}
-    for name, pos in (("roi_y", y), ("roi_x", x)):
-        weighted = np.bincount(roi, weights=w * pos, minlength=n_roi) / np.where(wsum > 0, wsum, 1)
-        plain = np.bincount(roi, weights=pos, minlength=n_roi) / np.maximum(count, 1)
-        value = np.where(wsum > 0, weighted, np.where(count > 0, plain, np.nan))
-        centroids[name] = ("roi", value, {"units": "pixels"})
-    data_vars = {
-        "footprint_roi": ("pix", roi.astype(np.int32)),
-        "footprint_y": ("pix", y.astype(np.int32)),
-        "footprint_x": ("pix", x.astype(np.int32)),
-        "footprint_weight": ("pix", w.astype(np.float32)),
-    }
-    return data_vars, centroids
-
-
-def sparse_pixels(path: Path, A: Any, d1: int) -> tuple[np.ndarray, ...]:
+def sparse_pixels(
+    path: Path, A: Any, d1: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(roi, y, x, weight) of the nonzero entries of A (pixels × components, Fortran)."""
     import scipy.sparse as sp
 
@@ -109,13 +89,14 @@ def _npz_names(path: Path) -> set[str]:
         raise InputError(path, f"not a readable .npz archive ({e})") from e
 
 
-def _rate_in(mapping: Any) -> float | None:
-    """``final_frate``/``fr`` in ``mapping['params']`` or in ``mapping`` itself."""
+def _rate_in(mapping: Any) -> Any:
+    """``final_frate``/``fr`` in ``mapping['params']`` or in ``mapping`` itself, as stored
+    (``resolve_fs`` checks it)."""
     for scope in (mapping.get("params") if isinstance(mapping, dict) else None, mapping):
         if isinstance(scope, dict):
             for k in RATE_KEYS:
-                if isinstance(scope.get(k), int | float | np.number | np.ndarray):
-                    return float(np.asarray(scope[k]).reshape(-1)[0])
+                if scope.get(k) is not None:
+                    return scope[k]
     return None
 
 
@@ -194,7 +175,7 @@ def read_hdf5(path: Path) -> dict[str, Any]:
         raise
     except (OSError, KeyError, ValueError, TypeError) as e:
         raise InputError(path, f"cannot read the CaImAn HDF5 file ({e})") from e
-    fs = None if rate is None else float(np.asarray(rate).reshape(-1)[0])
+    fs = rate  # resolve_fs checks it
     C = lazy_h5(path, "estimates/C")
     return {
         "A": A,
@@ -245,7 +226,7 @@ class CaimanReader(Reader):
         n_roi, n_frames = check_shapes(path, A, C)
         d1, d2 = image_dims(path, A.shape[0], res["dims"], dims)
         fs = resolve_fs(path, fs, res["fs"])
-        fp, centroids = footprint_vars(*sparse_pixels(path, A, d1), n_roi)
+        fp, centroids = footprint_vars(path, *sparse_pixels(path, A, d1), n_roi)
         data_vars: dict[str, Any] = {
             "F": xr.Variable(("time", "roi"), as_traces(C, 1), {"trace_kind": "caiman_C"}),
             **fp,
@@ -294,24 +275,17 @@ def _accepted_mask(path: Path, accepted: Any, n_roi: int) -> np.ndarray:
 
 
 def _file_kind(path: Path) -> str:
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(8)
-    except OSError as e:
-        raise InputError(path, f"cannot read file ({e.strerror or e})") from e
-    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
-        return "npz"
-    if head == HDF5_MAGIC:
-        return "hdf5"
-    raise InputError(path, "not a CaImAn .npz or HDF5 file (unrecognised header)")
+    kind = sniff(path)
+    if kind not in ("npz", "hdf5"):
+        raise InputError(path, "not a CaImAn .npz or HDF5 file (unrecognised header)")
+    return kind
 
 
 def _looks_like_cnmf_hdf5(path: Path) -> bool:
     import h5py
 
-    with open(path, "rb") as fh:
-        if fh.read(8) != HDF5_MAGIC:
-            return False
+    if sniff(path) != "hdf5":
+        return False
     with h5py.File(path, "r") as f:
         est = f.get("estimates")
         return isinstance(est, h5py.Group) and "A" in est and "C" in est

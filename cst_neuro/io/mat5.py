@@ -1,22 +1,30 @@
-"""A structural check of MATLAB v5 ``.mat`` files before scipy parses them.
+"""MATLAB ``.mat`` files: which version a header says, and one safe loader for all of them.
 
-scipy's MAT v5 reader (``scipy.io.matlab._mio5_utils``, Cython) trusts the type code of
-each data element: a numeric element whose type has no NumPy dtype (0, 8, 10, 11, a nested
-matrix 14, compressed 15, or anything above 18) is looked up in a C array of dtype
-pointers and crashes the interpreter (segmentation fault) instead of raising. A damaged
-or hand-made file must not take the process down, so this module walks the element tree
-first (MAT-File Format, MathWorks, "Data Element Format" and "miMATRIX Format") and raises
+``mat_version`` sniffs a header (the one place that knows MATLAB's signatures);
+``load_mat`` is the only way the package reads MAT v4/v5 files (readers and evaluation
+alike). It checks MAT v5 files structurally before scipy parses them: scipy's MAT v5
+reader (``scipy.io.matlab._mio5_utils``, Cython) trusts the type code of each data element:
+a numeric element whose type has no NumPy dtype (0, 8, 10, 11, a nested matrix 14,
+compressed 15, or anything above 18) is looked up in a C array of dtype pointers and
+crashes the interpreter (segmentation fault) instead of raising. A damaged or hand-made
+file must not take the process down, so ``check_mat5`` walks the element tree first
+(MAT-File Format, MathWorks, "Data Element Format" and "miMATRIX Format") and raises
 InputError where a tag is impossible: unknown type codes, sizes beyond the enclosing
 element, a matrix in a numeric slot, or a numeric matrix without its data elements.
+MATLAB 7.3 files are HDF5 and are read with h5py, not here.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 import zlib
+from pathlib import Path
+from typing import Any
 
 from cst_neuro.errors import InputError
+from cst_neuro.io.npy import read_error
 
 HEADER_BYTES = 128
 MI_MATRIX, MI_COMPRESSED = 14, 15
@@ -25,6 +33,39 @@ CONTAINER_CLASSES = frozenset({1, 2, 3, 17})  # cell, struct, object, opaque: ho
 SPARSE_CLASS = 5
 COMPLEX_FLAG = 1 << 11
 MAX_DEPTH = 64  # nested cells/structs deeper than this are refused (stack safety)
+
+
+def mat_version(head: bytes) -> str | None:
+    """``"7.3"`` (HDF5 inside), ``"5"`` (a MAT v5 header) or None from a file's first bytes.
+
+    MAT v4 files have no signature: None, as for files that are not MATLAB's.
+    """
+    if head.startswith(b"MATLAB 7.3"):
+        return "7.3"
+    if head.startswith(b"MATLAB") or is_mat5(head):
+        return "5"
+    return None
+
+
+def load_mat(path: str | os.PathLike[str], **options: Any) -> dict[str, Any]:
+    """``scipy.io.loadmat(path, **options)`` behind the crash guard; InputError naming ``path``.
+
+    The file is read once; a MAT v5 file is checked structurally (``check_mat5``) before
+    scipy parses it, and any parser failure becomes one InputError.
+    """
+    import scipy.io
+
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise read_error(path, e, expected="a .mat file") from e
+    if is_mat5(data):
+        check_mat5(data, path)  # scipy's C parser crashes on some damaged files
+    try:
+        return scipy.io.loadmat(io.BytesIO(data), **options)
+    except Exception as e:  # scipy's parser raises a dozen unrelated types on damaged files
+        raise InputError(path, f"not a readable MATLAB .mat file ({e})") from e
 
 
 def is_mat5(data: bytes) -> bool:

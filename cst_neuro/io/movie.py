@@ -27,9 +27,9 @@ import numpy as np
 import xarray as xr
 
 from cst_neuro.errors import InputError
+from cst_neuro.io._common import resolve_fs
 from cst_neuro.io.base import Reader, register
 from cst_neuro.io.npy import NumericFile, as_dask, rows_per_chunk
-from cst_neuro.io.traces import resolve_fs
 from cst_neuro.schema import frame_times, new_recording
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,21 @@ TIME_UNITS = {"s": 1.0, "sec": 1.0, "second": 1.0, "seconds": 1.0, "ms": 1e-3}
 TIME_UNITS |= {"msec": 1e-3, "us": 1e-6, "\u00b5s": 1e-6, "min": 60.0, "minute": 60.0}
 
 
+MARK_KEY = "cst_neuro"  # ImageJ metadata key naming what cst-neuro wrote a TIFF as
+
+
+def tiff_mark(path: Path) -> str | None:
+    """The ``cst_neuro`` entry of a TIFF's ImageJ metadata (what wrote it), or None."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            mark = (tif.imagej_metadata or {}).get(MARK_KEY)
+    except Exception:  # not a TIFF, or a damaged one: not ours either way
+        return None
+    return mark if isinstance(mark, str) else None
+
+
 class ZarrFrames:
     """Series 0 of a TIFF read through tifffile's zarr store; errors become InputError.
 
@@ -48,7 +63,7 @@ class ZarrFrames:
     lifetime; pickling drops it so that dask workers reopen the file by path.
     """
 
-    def __init__(self, path: Path, flags: dict[str, bool], shape: tuple[int, ...], dtype: Any):
+    def __init__(self, path: Path, flags: dict[str, Any], shape: tuple[int, ...], dtype: Any):
         self.path, self.flags = Path(path), dict(flags)
         self.shape, self.dtype, self.ndim = tuple(shape), np.dtype(dtype), len(shape)
         self._lock = threading.Lock()
@@ -76,7 +91,8 @@ class ZarrFrames:
         return {"path": self.path, "flags": self.flags, "shape": self.shape, "dtype": self.dtype}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(**state)  # type: ignore[misc]
+        self.__dict__.update(state, ndim=len(state["shape"]), _array=None)
+        self._lock = threading.Lock()
 
 
 def movie_shape(path: Path, shape: tuple[int, ...], axes: str) -> tuple[int, int, int]:
@@ -105,7 +121,7 @@ def _describe(path: Path) -> dict[str, Any]:
     """Series 0 of the TIFF: shape, axes, dtype, data offset, ImageJ metadata, open flags."""
     import tifffile
 
-    flags: dict[str, bool] = {}
+    flags: dict[str, Any] = {}
     for attempt in range(2):
         with tifffile.TiffFile(path, **flags) as tif:
             series = tif.series

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import tokenize
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Protocol
 
 import numpy as np
 
@@ -74,7 +74,7 @@ class NumericFile:
         out = np.empty((n, *self.shape[1:]), dtype=self.dtype)
         if n == 0 or out.nbytes == 0:
             return out
-        buf = memoryview(out.reshape(-1).view(np.uint8))
+        buf = out.reshape(-1).view(np.uint8).data  # a writable memoryview of ``out``
         try:
             fd = os.open(self.path, os.O_RDONLY)
         except OSError as e:
@@ -121,6 +121,23 @@ class NumericFile:
         return f"NumericFile({str(self.path)!r}, shape={self.shape}, dtype={self.dtype})"
 
 
+def read_npy_header(
+    fh: IO[bytes], source: str | os.PathLike[str]
+) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, Fortran order, dtype) of the ``.npy`` header at ``fh``'s position.
+
+    The one parser of ``.npy`` headers (files, ``.npz`` members, pickled Suite2p files);
+    a garbled header is an InputError naming ``source``; ``fh`` is left at the data.
+    """
+    try:
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            return np.lib.format.read_array_header_1_0(fh)
+        return np.lib.format.read_array_header_2_0(fh)
+    except (ValueError, SyntaxError, EOFError, tokenize.TokenError) as e:
+        raise InputError(source, f"not a valid .npy file ({e})") from e
+
+
 def open_npy(path: str | os.PathLike[str]) -> NumericFile | np.ndarray:
     """Open a numeric ``.npy`` lazily (C order) or load it (Fortran order, small files)."""
     path = Path(path)
@@ -128,18 +145,10 @@ def open_npy(path: str | os.PathLike[str]) -> NumericFile | np.ndarray:
         raise InputError(path, "is not a regular file (a pipe or a device?)")
     try:
         with open(path, "rb") as fh:
-            version = np.lib.format.read_magic(fh)
-            reader = (
-                np.lib.format.read_array_header_1_0
-                if version == (1, 0)
-                else np.lib.format.read_array_header_2_0
-            )
-            shape, fortran, dtype = reader(fh)
+            shape, fortran, dtype = read_npy_header(fh, path)
             offset = fh.tell()
     except OSError as e:
         raise read_error(path, e, expected="a .npy file") from e
-    except (ValueError, SyntaxError, EOFError, tokenize.TokenError) as e:
-        raise InputError(path, f"not a valid .npy file ({e})") from e
     if dtype.hasobject:
         raise InputError(path, "expected a numeric array, found pickled objects")
     if fortran and len(shape) > 1:
@@ -171,7 +180,17 @@ def _file_size(path: Path) -> int:
         raise read_error(path, e) from e
 
 
-def as_dask(array: NumericFile | np.ndarray, chunks: Any) -> Any:
+class LazyArray(Protocol):
+    """What ``as_dask`` wraps: shape, dtype, ndim and numpy indexing (read on demand)."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    ndim: int
+
+    def __getitem__(self, key: Any) -> np.ndarray: ...
+
+
+def as_dask(array: LazyArray | np.ndarray, chunks: Any) -> Any:
     """Wrap a lazy file (or an in-memory array) as a dask array without reading it."""
     import dask.array as da
 

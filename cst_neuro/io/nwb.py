@@ -31,9 +31,8 @@ import numpy as np
 import xarray as xr
 
 from cst_neuro.errors import InputError
+from cst_neuro.io._common import as_traces, footprint_vars, lazy_h5, resolve_fs, sniff
 from cst_neuro.io.base import Reader, register
-from cst_neuro.io.caiman import footprint_vars
-from cst_neuro.io.traces import HDF5_MAGIC, as_traces, lazy_h5, resolve_fs
 from cst_neuro.schema import new_recording
 
 log = logging.getLogger(__name__)
@@ -141,7 +140,10 @@ def series_times(path: Path, s: Any, n_frames: int, fs: float | None) -> tuple[n
     return t, rate
 
 
-def _masks(table: Any, name: str, rows: np.ndarray) -> tuple[np.ndarray, ...] | None:
+Masks = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]
+
+
+def _masks(table: Any, name: str, rows: np.ndarray) -> Masks | None:
     """(position, x, y, z, weight) of a ragged pixel/voxel mask column, rows in order."""
     if name not in table.colnames:
         return None
@@ -190,7 +192,7 @@ def read_footprints(path: Path, table: Any, rows: np.ndarray, swap: bool) -> dic
     if swap:
         x, y = y, x
         shape = None if shape is None else shape[::-1]
-    fp, centroids = footprint_vars(pos, y, x, w, len(rows))
+    fp, centroids = footprint_vars(path, pos, y, x, w, len(rows))
     if z is not None:
         first = np.full(len(rows), -1, dtype=np.int64)
         first[pos[::-1]] = np.asarray(z)[::-1]
@@ -248,9 +250,7 @@ class NWBReader(Reader):
             path = Path(path)
             if not path.is_file():
                 return False
-            with open(path, "rb") as fh:
-                head = fh.read(520)
-            if HDF5_MAGIC not in (head[:8], head[512:520]):
+            if sniff(path) not in ("hdf5", "mat73"):
                 return False
             if path.suffix.lower() == ".nwb":
                 return True

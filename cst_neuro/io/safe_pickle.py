@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import collections
 import datetime
+import importlib
 import io
 import os
 import pickle
-import tokenize
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,13 +23,14 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from cst_neuro.errors import InputError, UnsafePickleError
+from cst_neuro.io.npy import read_npy_header
 
 
 def _numpy_data_globals() -> dict[tuple[str, str], Any]:
     try:
-        from numpy._core import multiarray
+        multiarray = importlib.import_module("numpy._core.multiarray")
     except ImportError:  # numpy < 2
-        from numpy.core import multiarray  # type: ignore[no-redef]
+        multiarray = importlib.import_module("numpy.core.multiarray")
     allowed: dict[tuple[str, str], Any] = {
         ("numpy", "ndarray"): np.ndarray,
         ("numpy", "dtype"): np.dtype,
@@ -62,7 +63,8 @@ def _sparse_globals() -> dict[tuple[str, str], Any]:
 
     import scipy.sparse as sp
 
-    allowed: dict[tuple[str, str], Any] = {("copyreg", "__newobj__"): copyreg.__newobj__}
+    newobj = copyreg.__dict__["__newobj__"]  # a helper typeshed does not list
+    allowed: dict[tuple[str, str], Any] = {("copyreg", "__newobj__"): newobj}
     for cls in (sp.csc_matrix, sp.csr_matrix, sp.coo_matrix, sp.csc_array, sp.csr_array):
         short = cls.__module__.rsplit(".", 1)[-1].lstrip("_")  # scipy < 1.8 had no underscore
         for module in {cls.__module__, "scipy.sparse", f"scipy.sparse.{short}"}:
@@ -119,7 +121,7 @@ def load_npy_object(path: str | os.PathLike[str], *, allow_sparse: bool = False)
     path = Path(path)
     try:
         with open(path, "rb") as fh:
-            header = _read_npy_header(fh, path)
+            header = read_npy_header(fh, path)
             if header[2] != np.dtype(object):
                 arr = np.load(path, allow_pickle=False)
                 return arr
@@ -129,18 +131,6 @@ def load_npy_object(path: str | os.PathLike[str], *, allow_sparse: bool = False)
     if not isinstance(arr, np.ndarray):
         raise InputError(path, f"expected a pickled numpy array, found {type(arr).__name__}")
     return arr.item() if arr.shape == () else arr
-
-
-def _read_npy_header(fh: BinaryIO, path: Path) -> tuple[tuple[int, ...], bool, np.dtype]:
-    try:
-        version = np.lib.format.read_magic(fh)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
-        else:
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
-    except (ValueError, OSError, SyntaxError, EOFError, tokenize.TokenError) as e:
-        raise InputError(path, f"not a valid .npy file ({e})") from e
-    return shape, fortran, dtype
 
 
 def load_npz_object(path: str | os.PathLike[str], key: str, *, allow_sparse: bool = False) -> Any:
@@ -156,7 +146,7 @@ def load_npz_object(path: str | os.PathLike[str], key: str, *, allow_sparse: boo
     except (OSError, EOFError, NotImplementedError, zlib.error, zipfile.BadZipFile) as e:
         raise InputError(path, f"not a readable .npz archive ({e})") from e
     fh = io.BytesIO(raw)
-    _shape, _fortran, dtype = _read_npy_header(fh, path)
+    _shape, _fortran, dtype = read_npy_header(fh, path)
     if dtype != np.dtype(object):
         fh.seek(0)
         try:

@@ -26,6 +26,10 @@ This module owns reading Suite2p results. It follows the layouts Suite2p writes
 
 Pickled files go through ``load_npy_object`` (never ``np.load(allow_pickle=True)``) and numeric
 arrays through ``open_npy``: opening reads headers, stat, ops and iscell, never the traces.
+
+The module is longer than most (~780 lines) because the three layouts and two metadata
+versions share every step (metadata, ROIs, padding, assembly); split by layout, the parts
+would import each other's internals.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ import numpy as np
 import xarray as xr
 
 from cst_neuro.errors import InputError
+from cst_neuro.io._common import check_rate
 from cst_neuro.io.base import Reader, register
 from cst_neuro.io.npy import NumericFile, as_dask, open_npy, open_raw, rows_per_chunk
 from cst_neuro.io.safe_pickle import load_npy_object
@@ -71,7 +76,7 @@ class _Meta:
     iplane: int | None
     shape: tuple[int, int] | None  # (Ly, Lx)
     mean_image: np.ndarray | None
-    badframes: np.ndarray | None = None  # (nframes,) bool: frames Suite2p flagged as bad
+    badframes: tuple[np.ndarray, Path] | None = None  # (nframes,) bool flags and their file
 
 
 @dataclass
@@ -155,12 +160,25 @@ def _read_meta(folder: Path) -> _Meta:
     )
 
 
-def _badframes(found: tuple[Any, Path | None]) -> np.ndarray | None:
-    """Suite2p's per-frame ``badframes`` flags as a bool vector (None if absent or not 1-D)."""
-    value, _ = found
-    if not isinstance(value, np.ndarray) or value.ndim != 1 or value.dtype.kind not in "biuf":
+def _badframes(found: tuple[Any, Path | None]) -> tuple[np.ndarray, Path] | None:
+    """Suite2p's per-frame ``badframes`` flags (a 0/1 vector) and their file, if present.
+
+    Anything else (indices, a table, text) is an InputError: guessing what it means
+    would mark the wrong frames, and ignoring it would pass bad frames off as valid.
+    """
+    value, path = found
+    if value is None or path is None:
         return None
-    return value.astype(bool)
+    flags = np.asarray(value) if isinstance(value, np.ndarray | list) else None
+    if flags is None or flags.ndim != 1 or flags.dtype.kind not in "biuf":
+        what = type(value).__name__ if flags is None else f"a {flags.dtype} array {flags.shape}"
+        raise InputError(path, f"badframes is {what}, not Suite2p's per-frame flags (0/1)")
+    if not np.isin(flags, (0, 1)).all():
+        raise InputError(
+            path, "badframes holds values other than 0 and 1 (frame indices?); expected "
+            "one 0/1 flag per frame"
+        )  # fmt: skip
+    return flags.astype(bool), path
 
 
 def _mark_bad_frames(ds: xr.Dataset, metas: list[_Meta], n_frames: int) -> xr.Dataset:
@@ -168,8 +186,12 @@ def _mark_bad_frames(ds: xr.Dataset, metas: list[_Meta], n_frames: int) -> xr.Da
     bad = np.zeros(n_frames, bool)
     for meta in metas:
         if meta.badframes is not None:
-            k = min(n_frames, meta.badframes.size)
-            bad[:k] |= meta.badframes[:k]
+            flags, path = meta.badframes
+            if flags.size > n_frames:
+                raise InputError(
+                    path, f"badframes flags {flags.size} frames but the traces have {n_frames}"
+                )
+            bad[: flags.size] |= flags
     if bad.any():
         ds["valid"] = ds["valid"] & xr.DataArray(~bad, dims="time")
     ds.attrs["n_bad_frames"] = int(bad.sum())
@@ -180,7 +202,8 @@ def _count(value: Any, path: Path | None, key: str, *, least: int = 0) -> int:
     """A whole number in ``least``..MAX_COUNT, or InputError naming the file."""
     if isinstance(value, bool) or not isinstance(value, int | np.integer | float | np.floating):
         raise InputError(path, f"{key} is {value!r}, expected a whole number")
-    number = float(value) if abs(value) < 2**63 else float("inf")
+    huge = isinstance(value, int | np.integer) and abs(int(value)) >= 2**63  # float() overflows
+    number = float("inf") if huge else float(value)
     if not (np.isfinite(number) and least <= number <= MAX_COUNT and number.is_integer()):
         raise InputError(path, f"{key} is {value!r}, expected a whole number in {least}..2^40")
     return int(value)
@@ -200,25 +223,39 @@ def _mean_image(found: tuple[Any, Path | None], shape: tuple[int, int] | None) -
     return image.astype(np.float32)
 
 
-def _rate(meta: _Meta, override: float | None, where: Path) -> float:
-    """Sampling rate (Hz): the override, else ``fs`` from settings/ops."""
+def _rate(metas: list[_Meta], override: float | None, where: Path) -> float:
+    """Sampling rate (Hz): the override, else ``fs`` from settings/ops of every plane.
+
+    Without an override every plane must state the same valid rate (a plane's bad ``fs``
+    is an error, not skipped); with one, planes that state another rate are warned about.
+    """
+    found = [(meta.fs[0], meta.fs[1] or where) for meta in metas if meta.fs[0] is not None]
     if override is not None:
-        return _positive(override, where, "sampling rate (--fs)")
-    value, path = meta.fs
-    if value is None:
-        files = ", ".join(meta.files) or "no ops.npy/settings.npy"
+        rate = check_rate(where, override, "--fs")
+        ignored = sorted({repr(value) for value, _ in found if not _same(value, rate)})
+        if ignored:
+            logger.warning("%s: --fs %g Hz overrides fs = %s in the folder", where, rate,
+                           ", ".join(ignored))  # fmt: skip
+        return rate
+    if not found:
+        files = ", ".join(metas[0].files) or "no ops.npy/settings.npy"
         raise InputError(where, f"no sampling rate in {files}; pass --fs HZ")
-    return _positive(value, path, "fs (pass --fs HZ to override)")
+    rates = [check_rate(path, value, "fs (pass --fs HZ to override)") for value, path in found]
+    for (_, path), rate in zip(found, rates, strict=True):
+        if not _same(rate, rates[0]):
+            raise InputError(
+                path, f"fs {rate:g} Hz differs from the first plane's {rates[0]:g} Hz; "
+                "pass --fs HZ"
+            )  # fmt: skip
+    return rates[0]
 
 
-def _positive(value: Any, path: Path | None, what: str) -> float:
+def _same(value: Any, rate: float) -> bool:
+    """Whether a stored ``fs`` is the rate ``rate`` (to the last digit that matters)."""
     try:
-        rate = float(value)
+        return bool(abs(float(value) - rate) <= 1e-6 * rate)
     except (TypeError, ValueError):
-        rate = float("nan")
-    if not (np.isfinite(rate) and rate > 0):
-        raise InputError(path, f"{what} must be a positive number of Hz, got {value!r}")
-    return rate
+        return False
 
 
 def _neuropil(meta: _Meta, override: float | None, where: Path) -> float:
@@ -361,10 +398,10 @@ def _combined_lengths(rois: _Rois) -> np.ndarray:
                 siblings[k] / "F.npy",
                 f"{n} frames but combined/F.npy has only {rois.n_frames}; combined/ is out of date",
             )
-    if any(n is None for n in lengths):
-        found = _trailing_zeros(rois.traces["F"], rois.plane, n_planes)
-        lengths = [int(f) if n is None else n for n, f in zip(lengths, found, strict=True)]
-    for k, n in enumerate(lengths):
+    found = _trailing_zeros(rois.traces["F"], rois.plane, n_planes) if None in lengths else None
+    counts = [int(found[k]) if n is None and found is not None else int(n or 0)
+              for k, n in enumerate(lengths)]  # fmt: skip
+    for k, n in enumerate(counts):
         if n < rois.n_frames and np.any(rois.plane == k):
             logger.info(
                 "%s: plane %d has %d of %d frames; the padding is NaN",
@@ -373,7 +410,7 @@ def _combined_lengths(rois: _Rois) -> np.ndarray:
                 n,
                 rois.n_frames,
             )
-    return np.asarray(lengths, dtype=np.int64)[rois.plane]
+    return np.asarray(counts, dtype=np.int64)[rois.plane]
 
 
 def _plane_frames(folder: Path) -> int | None:
@@ -514,7 +551,8 @@ def _locate(path: Path) -> tuple[str, Path]:
 
 def _source_name(folder: Path) -> str:
     """Folder name, prefixed by its parents while they are generic (plane0, suite2p...)."""
-    names, current = [], Path(os.path.abspath(folder))
+    names: list[str] = []
+    current = Path(os.path.abspath(folder))
     while current.name:
         names.insert(0, current.name)
         if not _GENERIC_DIR.fullmatch(current.name) or len(names) == 3:
@@ -552,8 +590,8 @@ def _pixel_coords(shape: tuple[int, int]) -> dict:
 
 def _images(metas: list[_Meta], planes: list[int]) -> tuple[dict, dict]:
     """``mean_image`` (y, x), or (plane, y, x) when several planes share Ly/Lx; and coords."""
-    images = [m.mean_image for m in metas]
-    if any(im is None for im in images) or len({im.shape for im in images}) != 1:
+    images = [m.mean_image for m in metas if m.mean_image is not None]
+    if len(images) < len(metas) or len({im.shape for im in images}) != 1:
         if len(images) > 1:
             logger.info(
                 "%s: planes differ in Ly/Lx or lack meanImg; no mean image", metas[0].folder
@@ -618,10 +656,10 @@ def _roi_vars(parts: list[_Rois], keeps: list[np.ndarray], n_frames: int) -> dic
             _lazy_trace(p.traces[name], k, p.frames_valid, n_frames) for p, k in pairs if k.size
         ]
         data_vars[name] = (("time", "roi"), da.concatenate(blocks, axis=0).T)
-    if all(p.iscell is not None for p in parts):
-        data_vars["iscell"] = ("roi", np.concatenate([p.iscell[k] for p, k in pairs]))
-    if all(p.cell_prob is not None for p in parts):
-        data_vars["cell_prob"] = ("roi", np.concatenate([p.cell_prob[k] for p, k in pairs]))
+    for name in ("iscell", "cell_prob"):
+        labels = [(getattr(p, name), k) for p, k in pairs]
+        if all(values is not None for values, _ in labels):
+            data_vars[name] = ("roi", np.concatenate([v[k] for v, k in labels]))
     data_vars.update(_footprints(parts, keeps))
     return data_vars
 
@@ -653,7 +691,7 @@ def _build(
     movie: bool,
 ) -> xr.Dataset:
     """The Recording of ``parts`` (one per plane folder, or one for a plane/combined folder)."""
-    rate = _rate(metas[0], fs, folder)
+    rate = _rate(metas, fs, folder)
     coef = _neuropil(metas[0], neuropil, folder)
     nplanes = _nplanes(metas[0], parts, folder)
     keeps = _selection(parts, all_rois, folder)

@@ -1,7 +1,7 @@
 """The ``traces`` reader: ΔF/F or fluorescence arrays in ``.npy``, ``.npz``, ``.mat``, ``.h5``.
 
 Owns plain trace arrays (what CASCADE, the Allen Brain Observatory and most lab scripts
-save) and the lazy HDF5 array wrapper that the other HDF5-based readers reuse.
+save).
 
 Formats: the NumPy ``.npy``/``.npz`` format (``numpy.lib.format``); MATLAB MAT v4/v5 via
 ``scipy.io.loadmat``; MATLAB v7.3, which is HDF5 written column-major, so h5py sees every
@@ -19,11 +19,8 @@ MAT v5 load into memory. The result is ``F(time, roi)`` float32 with ``trace_kin
 
 from __future__ import annotations
 
-import os
-import threading
-import tokenize
+import functools
 import zipfile
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,9 +30,10 @@ import numpy as np
 import xarray as xr
 
 from cst_neuro.errors import InputError
+from cst_neuro.io._common import ZIP_ERRORS, as_traces, lazy_h5, resolve_fs, row_chunks, sniff
 from cst_neuro.io.base import Reader, register
-from cst_neuro.io.mat5 import check_mat5, is_mat5
-from cst_neuro.io.npy import as_dask, open_npy, read_error, rows_per_chunk
+from cst_neuro.io.mat5 import load_mat
+from cst_neuro.io.npy import as_dask, open_npy, read_npy_header
 from cst_neuro.schema import frame_times, new_recording
 
 PREFERRED_KEYS = ("dff", "dF_traces", "dFF", "F", "traces", "data")
@@ -43,98 +41,8 @@ TIME_KEYS = ("time", "times", "timestamps", "t", "frame_times")
 RATE_KEYS = ("fs", "frame_rate", "sampling_rate", "framerate")
 ROI_BY_TIME_KEYS = ("dF_traces",)  # CASCADE's documented layout: roi × time
 SUFFIXES = (".npy", ".npz", ".mat", ".h5", ".hdf5")
-NPY_MAGIC = b"\x93NUMPY"
-ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
-HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 MAT_NUMERIC = {"double", "single", "int8", "uint8", "int16", "uint16"}
 MAT_NUMERIC |= {"int32", "uint32", "int64", "uint64"}
-# what zipfile/zlib/numpy raise for a damaged .npz (tokenize: a garbled .npy header)
-ZIP_ERRORS = (OSError, EOFError, ValueError, NotImplementedError, zipfile.BadZipFile, zlib.error)
-NPY_ERRORS = (*ZIP_ERRORS, SyntaxError, tokenize.TokenError)
-
-
-class H5Array:
-    """One HDF5 dataset read lazily; read errors become InputError naming the file.
-
-    The file opens on the first read and stays open for this object's lifetime (h5py
-    closes it when the object is collected). Pickling drops the handle, so dask workers
-    reopen the file by path.
-    """
-
-    def __init__(self, path: str | os.PathLike[str], name: str) -> None:
-        import h5py
-
-        self.path = Path(path)
-        self.name = name
-        self._lock = threading.Lock()
-        self._file: Any = None
-        try:
-            with h5py.File(self.path, "r") as f:
-                ds = f[name]
-                self.shape, self.dtype = tuple(ds.shape), np.dtype(ds.dtype)
-                unwritten = _unwritten(ds)
-        except (OSError, KeyError, TypeError) as e:
-            raise InputError(self.path, f"cannot read dataset {name!r} ({e})") from e
-        if unwritten:
-            raise InputError(
-                self.path,
-                f"dataset {name!r} of shape {self.shape}: {unwritten} (an interrupted write, "
-                "or a header claiming more data than the file holds)",
-            )
-        self.ndim = len(self.shape)
-
-    def __getitem__(self, key: Any) -> np.ndarray:
-        import h5py
-
-        try:
-            with self._lock:
-                if self._file is None:
-                    self._file = h5py.File(self.path, "r")
-            return np.asarray(self._file[self.name][key])
-        except (OSError, KeyError, RuntimeError) as e:
-            raise InputError(self.path, f"cannot read dataset {self.name!r} ({e})") from e
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"path": self.path, "name": self.name, "shape": self.shape, "dtype": self.dtype}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state, ndim=len(state["shape"]), _file=None)
-        self._lock = threading.Lock()
-
-    def __repr__(self) -> str:
-        return f"H5Array({str(self.path)!r}, {self.name!r}, shape={self.shape})"
-
-
-def _unwritten(ds: Any) -> str:
-    """What part of an HDF5 dataset was never written ("" if it all was).
-
-    HDF5 allocates storage lazily: a dataset may declare any shape, and unwritten parts
-    read back as the fill value. For a recording that means a killed writer's zeros, or
-    a tiny file posing as terabytes; both are refused rather than read.
-    """
-    if ds.is_virtual or ds.external or ds.size == 0:
-        return ""
-    if ds.chunks is None:
-        nominal = int(ds.size) * ds.dtype.itemsize
-        stored = ds.id.get_storage_size()
-        return "" if stored >= nominal else f"only {stored} of its {nominal} bytes were written"
-    expected = 1
-    for size, chunk in zip(ds.shape, ds.chunks, strict=True):
-        expected *= -(-size // chunk)
-    written = ds.id.get_num_chunks()
-    return "" if written >= expected else f"only {written} of its {expected} chunks were written"
-
-
-def row_chunks(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
-    """Dask chunks of whole rows along axis 0, about ``CHUNK_BYTES`` each."""
-    row = int(np.prod(shape[1:], dtype=np.int64)) * itemsize
-    return (rows_per_chunk(row, shape[0]), *shape[1:])
-
-
-def lazy_h5(path: Path, name: str) -> Any:
-    """A dask array over HDF5 dataset ``name`` in ``path``."""
-    arr = H5Array(path, name)
-    return as_dask(arr, row_chunks(arr.shape, arr.dtype.itemsize))
 
 
 @dataclass
@@ -153,20 +61,12 @@ class _Entry:
 
 
 def _file_kind(path: Path) -> str:
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(1024)
-    except OSError as e:
-        raise read_error(path, e) from e
-    if head.startswith(NPY_MAGIC):
-        return "npy"
-    if head[:4] in ZIP_MAGICS:
-        return "npz"
-    if head.startswith(HDF5_MAGIC) or head[512:520] == HDF5_MAGIC:
-        return "mat73" if head.startswith(b"MATLAB 7.3") else "hdf5"
-    if path.suffix.lower() == ".mat":
-        return "mat5"
-    raise InputError(path, f"not a {'/'.join(SUFFIXES)} file (unrecognised header)")
+    kind = sniff(path)
+    if kind is None and path.suffix.lower() == ".mat":
+        return "mat5"  # MAT v4 files have no signature
+    if kind is None:
+        raise InputError(path, f"not a {'/'.join(SUFFIXES)} file (unrecognised header)")
+    return kind
 
 
 def _scan_npy(path: Path) -> dict[str, _Entry]:
@@ -183,22 +83,13 @@ def _scan_npz(path: Path) -> dict[str, _Entry]:
                 if not member.endswith(".npy"):
                     continue
                 with zf.open(member) as fh:
-                    shape, dtype = _npy_header(fh)
+                    shape, _, dtype = read_npy_header(fh, f"{path}[{member}]")
                 name = member[:-4]
                 numeric = not dtype.hasobject and dtype.kind in "iuf"
                 entries[name] = _Entry(name, shape, numeric, _npz_loader(path, member))
-    except NPY_ERRORS as e:
+    except ZIP_ERRORS as e:
         raise InputError(path, f"not a readable .npz archive ({e})") from e
     return entries
-
-
-def _npy_header(fh: Any) -> tuple[tuple[int, ...], np.dtype]:
-    version = np.lib.format.read_magic(fh)
-    if version == (1, 0):
-        shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
-    else:
-        shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
-    return shape, dtype
 
 
 def _npz_loader(path: Path, member: str) -> Callable[[], np.ndarray]:
@@ -206,35 +97,26 @@ def _npz_loader(path: Path, member: str) -> Callable[[], np.ndarray]:
         try:
             with zipfile.ZipFile(path) as zf, zf.open(member) as fh:
                 return np.lib.format.read_array(fh, allow_pickle=False)
-        except NPY_ERRORS as e:
+        except ZIP_ERRORS as e:
             raise InputError(path, f"member {member!r} is corrupt ({e})") from e
 
     return load
 
 
 def _scan_mat5(path: Path) -> dict[str, _Entry]:
-    """Arrays of a MAT v4/v5 file (loaded whole); v5 is checked first (see ``mat5``)."""
-    import io
-
-    import scipy.io
-
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise read_error(path, e) from e
-    if is_mat5(data):
-        check_mat5(data, path)  # scipy's C parser crashes on some damaged files
-    try:
-        contents = scipy.io.loadmat(io.BytesIO(data), squeeze_me=False)
-    except Exception as e:  # scipy's parser raises a dozen unrelated types on damaged files
-        raise InputError(path, f"not a readable MATLAB .mat file ({e})") from e
+    """Arrays of a MAT v4/v5 file (loaded whole, through the crash guard of ``mat5``)."""
+    contents = load_mat(path, squeeze_me=False)
     entries = {}
     for name, value in contents.items():
         if name.startswith("__") or not isinstance(value, np.ndarray):
             continue
         numeric = not value.dtype.hasobject and value.dtype.kind in "iuf"
-        entries[name] = _Entry(name, value.shape, numeric, lambda v=value: v)
+        entries[name] = _Entry(name, value.shape, numeric, functools.partial(_same, value))
     return entries
+
+
+def _same(value: np.ndarray) -> np.ndarray:
+    return value
 
 
 def _scan_hdf5(path: Path, *, matlab: bool) -> dict[str, _Entry]:
@@ -346,14 +228,15 @@ def read_timestamps(path: Path, entries: dict[str, _Entry]) -> np.ndarray | None
     return t
 
 
-def read_rate(path: Path, entries: dict[str, _Entry], data: _Entry) -> float | None:
-    """A sampling rate stored in the file (a scalar rate key or attribute), if any."""
+def read_rate(path: Path, entries: dict[str, _Entry], data: _Entry) -> Any:
+    """A sampling rate stored in the file (a rate attribute or scalar key), as stored.
+
+    ``resolve_fs`` checks it: an attribute of text or of no or many values is an error.
+    """
     values = [v for k, v in data.attrs.items() if k in RATE_KEYS]
     scalars = [e for e in entries.values() if e.numeric and _named(e, RATE_KEYS)]
     values += [e.load() for e in scalars if int(np.prod(e.shape)) == 1]
-    for value in values:
-        return float(np.asarray(value, dtype=np.float64).reshape(-1)[0])
-    return None
+    return values[0] if values else None
 
 
 def time_axis_of(path: Path, entry: _Entry, time_axis: int | None, n_times: int | None) -> int:
@@ -380,18 +263,6 @@ def time_axis_of(path: Path, entry: _Entry, time_axis: int | None, n_times: int 
     )
 
 
-def as_traces(arr: Any, time_ax: int) -> Any:
-    """(time, roi) float32 with inf turned into NaN (lazy when ``arr`` is dask)."""
-    arr = arr.reshape(-1, 1) if arr.ndim == 1 else (arr.T if time_ax == 1 else arr)
-    arr = arr.astype(np.float32)
-    if isinstance(arr, np.ndarray):
-        arr[np.isinf(arr)] = np.nan
-        return arr
-    import dask.array as da
-
-    return da.where(da.isinf(arr), np.float32(np.nan), arr)
-
-
 class TracesReader(Reader):
     """ΔF/F or fluorescence arrays (.npy, .npz, .mat, .h5/.hdf5)."""
 
@@ -409,7 +280,7 @@ class TracesReader(Reader):
                 return not _is_caiman_zip(path)
             if kind in ("hdf5", "mat73"):
                 return not _is_other_hdf5(path)
-            return kind == "npy" or (kind == "mat5" and _has_mat_header(path))
+            return kind == "npy" or (kind == "mat5" and sniff(path) == "mat5")
         except Exception:
             return False
 
@@ -448,21 +319,6 @@ class TracesReader(Reader):
         )
 
 
-def resolve_fs(path: Path, fs: float | None, stored: float | None, timestamps: Any = None) -> float:
-    """The rate in Hz: the ``fs`` option, else the file's, else 1 / median timestamp step."""
-    if fs is not None:
-        if not np.isfinite(fs) or fs <= 0:
-            raise InputError(path, f"--fs must be a positive number of Hz, got {fs!r}")
-        return float(fs)
-    if stored is not None:
-        if not np.isfinite(stored) or stored <= 0:
-            raise InputError(path, f"the file's sampling rate is {stored!r}, not a positive Hz")
-        return float(stored)
-    if timestamps is not None and len(timestamps) > 1:
-        return float(1.0 / np.median(np.diff(timestamps)))
-    raise InputError(path, "no sampling rate in the file; pass --fs HZ")
-
-
 def _is_caiman_zip(path: Path) -> bool:
     with zipfile.ZipFile(path) as zf:
         names = {n.removesuffix(".npy") for n in zf.namelist()}
@@ -475,11 +331,6 @@ def _is_other_hdf5(path: Path) -> bool:
 
     with h5py.File(path, "r") as f:
         return "nwb_version" in f.attrs or "estimates" in f
-
-
-def _has_mat_header(path: Path) -> bool:
-    with open(path, "rb") as fh:
-        return fh.read(6) == b"MATLAB"
 
 
 register(TracesReader)

@@ -120,7 +120,7 @@ def add_dummy_tokens(
     return DummyTokens(
         values=torch.cat([values, dummy_values], dim=1),
         coords=torch.cat([coords, dummy_coords], dim=1),
-        ids=None if ids is None else torch.cat([ids, dummy_ids], dim=1),
+        ids=None if ids is None or dummy_ids is None else torch.cat([ids, dummy_ids], dim=1),
         mask=mask,
         is_real=is_real,
     )

@@ -41,6 +41,8 @@ class FourierEncoding(nn.Module):
             space, F/2) log-spaced frequencies, the other coordinates the rest, drawn with σ.
     """
 
+    freqs: Tensor  # (C, F) angular frequencies, a buffer saved with the weights
+
     def __init__(
         self,
         coord_dims: int,

@@ -23,7 +23,9 @@ if TYPE_CHECKING:  # torch is imported by the methods: the CLI lists modes witho
     import torch
     from torch import Tensor, nn
 
+    from cst_neuro.model.cst import CST
     from cst_neuro.model.layers import NetworkConfig
+    from cst_neuro.model.paper import PaperCST
     from cst_neuro.model.sobolev import SobolevConfig
 
 
@@ -115,10 +117,11 @@ class Mode:
 
     def predict(self, model: nn.Module, context: Any, coords: Tensor, ids: Tensor | None) -> Tensor:
         """Predictions (B, Q, V) at query coordinates (B, Q, C) with identities (B, Q)."""
-        return model(
+        out: Tensor = model(
             context.values, context.coords, context.ids, context.mask,
             query_coords=coords, query_ids=ids,
         )  # fmt: skip
+        return out
 
 
 def target_mask(qry: TokenBatch) -> Tensor:
@@ -168,12 +171,13 @@ class CSTMode(Mode):
     ) -> Tensor:
         from cst_neuro.model.sobolev import sample_collocation, sobolev_loss
 
-        context = self.context(model, ctx)
+        network = _cst(model)
+        context = self.context(network, ctx)
         points, point_ids = sample_collocation(
             ctx.coords, sobolev.n_collocation, mask=ctx.mask, ids=ctx.ids, generator=generator
         )
         return sobolev_loss(
-            model,
+            network,
             context,
             qry.coords,
             qry.values,
@@ -185,7 +189,7 @@ class CSTMode(Mode):
         ).total
 
     def context(self, model: nn.Module, ctx: TokenBatch) -> Any:
-        return model.encode(
+        return _cst(model).encode(
             ctx.values,
             ctx.coords,
             ctx.ids,
@@ -195,7 +199,7 @@ class CSTMode(Mode):
         )
 
     def predict(self, model: nn.Module, context: Any, coords: Tensor, ids: Tensor | None) -> Tensor:
-        return model.decode(context, coords, ids)
+        return _cst(model).decode(context, coords, ids)
 
 
 class TransformerMode(Mode):
@@ -226,7 +230,7 @@ class TransformerMode(Mode):
         tokens = add_dummy_tokens(
             ctx.values, ctx.coords, qry.coords, mask=ctx.mask, ids=ctx.ids, dummy_ids=qry.ids
         )
-        pred = model.forward_tokens(tokens.values, tokens.coords, tokens.ids, tokens.mask)
+        pred = _paper(model).forward_tokens(tokens.values, tokens.coords, tokens.ids, tokens.mask)
         n = ctx.values.shape[1]
         real = data_loss(pred[:, :n], ctx.values, ctx.mask & ctx.value_mask.all(-1))
         return real + data_loss(pred[:, n:], qry.values, target_mask(qry))
@@ -255,8 +259,29 @@ class PaperMode(TransformerMode):
             ctx.values, ctx.coords, qry.coords, mask=ctx.mask, ids=ctx.ids, dummy_ids=qry.ids
         )
         return input_jacobian_loss(
-            model, tokens.values, tokens.coords, tokens.is_real, ids=tokens.ids, mask=tokens.mask
+            _paper(model),
+            tokens.values,
+            tokens.coords,
+            tokens.is_real,
+            ids=tokens.ids,
+            mask=tokens.mask,
         ).total
+
+
+def _cst(model: nn.Module) -> CST:
+    from cst_neuro.model.cst import CST
+
+    if not isinstance(model, CST):
+        raise TypeError(f"mode cst needs a CST, got {type(model).__name__}")
+    return model
+
+
+def _paper(model: nn.Module) -> PaperCST:
+    from cst_neuro.model.paper import PaperCST
+
+    if not isinstance(model, PaperCST):
+        raise TypeError(f"the paper's modes need a PaperCST, got {type(model).__name__}")
+    return model
 
 
 MODES: dict[str, Mode] = {mode.name: mode for mode in (CSTMode(), TransformerMode(), PaperMode())}

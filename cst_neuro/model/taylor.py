@@ -65,7 +65,9 @@ def add0(a: Tensor, c: Tensor | float) -> Tensor:
 def mul(a: Tensor, b: Tensor) -> Tensor:
     """Jet of the elementwise product a·b (Cauchy product; broadcasting like `*`)."""
     a_q, b_q = a.unbind(0), b.unbind(0)  # views whose gradients are stacked, not zero-filled
-    return torch.stack([sum(a_q[i] * b_q[q - i] for i in range(q + 1)) for q in range(len(a_q))])
+    return torch.stack(
+        [_total([a_q[i] * b_q[q - i] for i in range(q + 1)]) for q in range(len(a_q))]
+    )
 
 
 def linear(a: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -149,9 +151,17 @@ def softmax(a: Tensor) -> Tensor:
     u = [(m + 1) * coefficients[m + 1] for m in range(order)]
     g: list[Tensor] = []
     for m in range(order):
-        g.append(sum((s[r] * u[m - r]).sum(-1, keepdim=True) for r in range(m + 1)))
-        s.append(sum(s[r] * (u[m - r] - g[m - r]) for r in range(m + 1)) / (m + 1))
+        g.append(_total([(s[r] * u[m - r]).sum(-1, keepdim=True) for r in range(m + 1)]))
+        s.append(_total([s[r] * (u[m - r] - g[m - r]) for r in range(m + 1)]) / (m + 1))
     return torch.stack(s)
+
+
+def _total(terms: list[Tensor]) -> Tensor:
+    """The sum of a non-empty list of tensors (broadcasting like ``+``)."""
+    out = terms[0]
+    for term in terms[1:]:
+        out = out + term
+    return out
 
 
 def dropout(a: Tensor, p: float, training: bool) -> Tensor:

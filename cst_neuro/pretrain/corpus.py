@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -60,6 +61,7 @@ def real_sources(path: str | os.PathLike[str]) -> list[Source]:
     from cst_neuro.evaluate.recording import load_traces
     from cst_neuro.evaluate.spikes import is_ground_truth, load_ground_truth
 
+    path = Path(path)
     if is_ground_truth(path):
         return [_source(str(path), load_traces(gt.recording)) for gt in load_ground_truth(path)]
     if os.path.isdir(path) and (
@@ -225,7 +227,10 @@ class Corpus:
 
     def batch(self, size: int) -> tuple[Tokens, Tokens]:
         """``size`` windows as padded context and query batches (`data.Tokens`)."""
-        contexts, queries, tables, seconds = [], [], [], []
+        contexts: list[dict[str, np.ndarray]] = []
+        queries: list[dict[str, np.ndarray]] = []
+        tables: list[np.ndarray] = []
+        seconds: list[float] = []
         while len(contexts) < size:
             obs = self._real() if self.rng.random() < self.real_share else self._synthetic()
             parts = window_tokens(obs, self.rng, self.window, self.max_channels, self.max_queries)

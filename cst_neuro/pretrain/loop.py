@@ -79,6 +79,7 @@ class PretrainConfig:
             d_ff=128,
             n_fourier=32,
             readout_rank=8,
+            learn_gain=False,  # amplitudes pass through; the readout and head denoise
             dropout=0.0,
         )
         return {**base, **self.model}

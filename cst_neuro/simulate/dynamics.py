@@ -225,7 +225,7 @@ class SlowSignal:
     """
 
     def __init__(self, rng: np.random.Generator, *, n: int, n_terms: int, period: tuple, amp):
-        self.omega = 2 * np.pi / rng.uniform(*period, n_terms)
+        self.omega = 2 * np.pi / rng.uniform(period[0], period[1], n_terms)
         self.phase = rng.uniform(0, 2 * np.pi, n_terms)
         self.weight = rng.uniform(-1, 1, (n_terms, n)) * (amp / n_terms)
 

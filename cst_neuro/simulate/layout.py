@@ -94,7 +94,7 @@ def make_footprints(
     rng: np.random.Generator, centres: np.ndarray, fov: tuple[int, int], soma_radius: float
 ) -> Footprints:
     """Elliptical Gaussian somata of radius ~``soma_radius`` (+-20 %) around ``centres``."""
-    n = centres.shape[0]
+    n = int(centres.shape[0])
     radius = soma_radius * rng.uniform(0.8, 1.2, n)
     aspect = rng.uniform(1.0, 1.5, n)
     angle = rng.uniform(0, np.pi, n)

@@ -405,7 +405,7 @@ class SimulatedRecording:
         centroid = fp.centroid()
         cfg = self.config
         mean = np.stack([self.mean_image(p) for p in range(cfg.n_planes)]).astype(np.float32)
-        image = ("y", "x"), mean[0]
+        image: tuple[tuple[str, ...], np.ndarray] = ("y", "x"), mean[0]
         if cfg.n_planes > 1:
             image = ("plane", "y", "x"), mean
         data_vars = {

@@ -13,19 +13,24 @@ chunk of frames is written into its columns with positioned writes (no mapping, 
 written pages never count against the process), movie frames are rendered a few at a
 time, and the per-ROI statistics of ``stat.npy`` are accumulated along the way. Memory
 is bounded by one chunk: about 150 bytes per ROI and frame of ``chunk_frames``.
+
+Both are atomic (``cst_neuro.atomic``): a Suite2p folder is filled under a temporary
+sibling and renamed into place, holding a ``.cst-neuro-simulation`` marker, and a movie
+carries ``cst_neuro=simulation`` in its ImageJ metadata. ``overwrite`` replaces only
+outputs so marked, never a real Suite2p folder or movie.
 """
 
 from __future__ import annotations
 
 import os
-import re
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from cst_neuro.atomic import OutputKind, atomic_file, atomic_folder, check_output
 from cst_neuro.errors import InputError, OutputError
+from cst_neuro.io.movie import MARK_KEY, tiff_mark
 from cst_neuro.simulate import _suite2p_meta as meta
 from cst_neuro.simulate.config import SimulationConfig
 from cst_neuro.simulate.layout import Footprints, neuropil_masks
@@ -33,6 +38,16 @@ from cst_neuro.simulate.recording import Block, SimulatedRecording
 
 TRACES = ("F", "Fneu", "spks")
 LAYOUTS = ("v0", "v1")
+MARKER = ".cst-neuro-simulation"  # in every simulated Suite2p folder: --overwrite replaces it
+SIMULATION = OutputKind(
+    "a Suite2p folder simulated by cst-neuro",
+    folder=True,
+    recognise=lambda p: (p / MARKER).is_file(),
+)
+MOVIE_MARK = "simulation"  # in the ImageJ metadata of simulated movies
+MOVIE = OutputKind(
+    "a movie simulated by cst-neuro", folder=False, recognise=lambda p: tiff_mark(p) == MOVIE_MARK
+)
 
 
 def write_suite2p(
@@ -46,21 +61,21 @@ def write_suite2p(
     """Write ``sim`` as a Suite2p output folder (the ``suite2p/`` holding ``plane0/``...)."""
     if layout not in LAYOUTS:
         raise InputError(None, f"unknown Suite2p layout {layout!r}; choose from v0, v1")
-    folder = _prepare_folder(Path(folder), overwrite=overwrite)
-    try:
-        _write_planes(sim, folder, layout=layout, data_bin=data_bin)
-    except OutputError:
-        raise
-    except OSError as e:
-        raise OutputError(folder, f"cannot write the Suite2p folder ({e.strerror or e})") from e
+    folder = _check_folder(Path(folder), overwrite=overwrite)
+    with atomic_folder(folder, overwrite=True) as tmp:
+        _write_planes(sim, folder, tmp, layout=layout, data_bin=data_bin)
+        (tmp / MARKER).write_text("written by cst-neuro simulate; --overwrite may replace it\n")
     return folder
 
 
-def _write_planes(sim: SimulatedRecording, folder: Path, *, layout: str, data_bin: bool) -> None:
+def _write_planes(
+    sim: SimulatedRecording, folder: Path, into: Path, *, layout: str, data_bin: bool
+) -> None:
+    """Write the planes of the Suite2p folder ``folder`` into ``into`` (its temporary)."""
     planes: list[_PlaneWriter] = []
     try:
         for p in range(sim.config.n_planes):
-            planes.append(_PlaneWriter(sim, folder, p, layout=layout, data_bin=data_bin))
+            planes.append(_PlaneWriter(sim, folder, into, p, layout=layout, data_bin=data_bin))
         for block in sim.blocks():
             for writer in planes:
                 writer.add(block)
@@ -71,20 +86,27 @@ def _write_planes(sim: SimulatedRecording, folder: Path, *, layout: str, data_bi
         writer.finish()
     if layout == "v1":
         info = planes[0].info
-        _save_object(folder / "db.npy", meta.db_v1(info, plane_level=False))
-        _save_object(folder / "settings.npy", meta.settings_v1(info))
+        _save_object(into / "db.npy", meta.db_v1(info, plane_level=False))
+        _save_object(into / "settings.npy", meta.settings_v1(info))
 
 
 class _PlaneWriter:
     """One ``plane{p}/`` folder, filled block by block and finished with its metadata."""
 
     def __init__(
-        self, sim: SimulatedRecording, folder: Path, plane: int, *, layout: str, data_bin: bool
+        self,
+        sim: SimulatedRecording,
+        folder: Path,
+        into: Path,
+        plane: int,
+        *,
+        layout: str,
+        data_bin: bool,
     ) -> None:
         cfg = sim.config
         self.sim, self.plane, self.layout = sim, plane, layout
         self.rois = np.flatnonzero(sim.roi_plane == plane)
-        self.path = folder / f"plane{plane}"
+        self.path = into / f"plane{plane}"  # the metadata names ``folder``, the final place
         self.path.mkdir(parents=True, exist_ok=True)
         shape = (self.rois.size, cfg.n_frames)
         self.offset = 0
@@ -208,7 +230,7 @@ def _stat(sim: SimulatedRecording, rois: np.ndarray, moments: _Moments, *, layou
             "npix_norm": np.float32(y.size / mean_npix),
             "skew": np.float32(skew[i]), "std": np.float32(std[i]),
         }  # fmt: skip
-        if layout == "v0":
+        if masks is not None:  # Suite2p 0.x only
             d["solidity"] = 1.0
             d["neuropil_mask"] = masks[i]
         else:
@@ -242,9 +264,11 @@ def write_tiff(
     import tifffile
 
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise OutputError(path, "already exists; pass --overwrite to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(path, f"cannot create its folder ({e.strerror or e})") from e
+    path = check_output(path, MOVIE, overwrite=overwrite)
     cfg = sim.config
     planes = range(cfg.n_planes)
 
@@ -257,10 +281,10 @@ def write_tiff(
 
     many = cfg.n_planes > 1
     shape = (cfg.n_frames, cfg.n_planes, *cfg.fov) if many else (cfg.n_frames, *cfg.fov)
-    tifffile.imwrite(
-        path, pages(), shape=shape, dtype=np.uint16, imagej=True,
-        metadata={"axes": "TZYX" if many else "TYX", "finterval": 1.0 / cfg.fs, "unit": "pixel"},
-    )  # fmt: skip
+    metadata = {"axes": "TZYX" if many else "TYX", "finterval": 1.0 / cfg.fs, "unit": "pixel"}
+    with atomic_file(path) as tmp:
+        tifffile.imwrite(tmp, pages(), shape=shape, dtype=np.uint16, imagej=True,
+                         metadata={**metadata, MARK_KEY: MOVIE_MARK})  # fmt: skip
     return path
 
 
@@ -302,23 +326,13 @@ def write_simulation(
     )
 
 
-def _prepare_folder(folder: Path, *, overwrite: bool) -> Path:
-    """Create ``folder``; refuse a non-empty one unless ``overwrite`` (then clear our files)."""
-    if folder.exists() and not folder.is_dir():
-        raise OutputError(folder, "exists and is not a folder")
-    if folder.is_dir() and any(folder.iterdir()):
-        if not overwrite:
-            raise OutputError(folder, "is not empty; pass --overwrite to replace it")
-        for child in folder.iterdir():
-            if child.is_dir() and re.fullmatch(r"plane\d+", child.name):
-                shutil.rmtree(child)
-            elif child.name in ("db.npy", "settings.npy"):
-                child.unlink()
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OutputError(folder, f"cannot create folder ({e.strerror})") from e
-    return folder
+def _check_folder(folder: Path, *, overwrite: bool) -> Path:
+    """The folder to write: new, empty, or (with ``overwrite``) an earlier simulation."""
+    if folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir()):
+        return folder
+    if folder.is_dir() and not overwrite:
+        raise OutputError(folder, "is not empty; pass --overwrite to replace it")
+    return check_output(folder, SIMULATION, overwrite=overwrite)
 
 
 def _save_object(path: Path, obj: Any) -> None:

@@ -34,10 +34,8 @@ from typer.testing import CliRunner  # noqa: E402
 from cst_neuro._cli.app import app  # noqa: E402
 from cst_neuro._cli.view import open_viewer  # noqa: E402
 from cst_neuro.layers import recording_layers, roi_labels  # noqa: E402
-from cst_neuro.preprocess import compute_dff  # noqa: E402
 from cst_neuro.reconstruct import Reconstructor  # noqa: E402
 from cst_neuro.scrub import ROLES, ScrubSession  # noqa: E402
-from cst_neuro.simulate import SimulationConfig, simulate  # noqa: E402
 from cst_neuro.store import open_store, write_recording  # noqa: E402
 from cst_neuro.train import fit  # noqa: E402
 from napari_plugin._scrubber import Scrubber  # noqa: E402
@@ -56,9 +54,8 @@ TIMEOUT = 60_000  # ms; training and loading run in worker threads
 
 
 @pytest.fixture(scope="module")
-def recording():
-    sim = simulate(SimulationConfig(n_rois=16, n_frames=90, fov=(48, 48), seed=11))
-    return compute_dff(sim.recording()).load()
+def recording(simulate_recording):
+    return simulate_recording(16, 90, fov=(48, 48), seed=11)[1]
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import scipy.sparse as sp
 import xarray as xr
 
 from cst_neuro.errors import InputError, UnsafePickleError
-from cst_neuro.io.caiman import CaimanReader, footprint_vars
+from cst_neuro.io.caiman import CaimanReader
 from cst_neuro.io.safe_pickle import load_npz_object
 
 READER = CaimanReader()
@@ -211,14 +211,17 @@ def test_cnmf_hdf5_without_estimates(tmp_path: Path) -> None:
     assert str(info.value).count("x.hdf5") == 1  # named once, not wrapped twice
 
 
-# --- footprint helper ----------------------------------------------------------------------
-
-
-def test_footprint_vars_centroids() -> None:
-    roi = np.array([0, 0, 1, 1])
-    y, x = np.array([0, 2, 5, 7]), np.array([1, 1, 3, 5])
-    w = np.array([1.0, 3.0, 0.0, 0.0])  # ROI 1 has zero weights: plain mean
-    fp, cen = footprint_vars(roi, y, x, w, 3)  # ROI 2 has no pixels: NaN
-    np.testing.assert_allclose(cen["roi_y"][1], [1.5, 6.0, np.nan])
-    np.testing.assert_allclose(cen["roi_x"][1], [1.0, 4.0, np.nan])
-    assert fp["footprint_y"][1].dtype == np.int32 and fp["footprint_weight"][1].dtype == np.float32
+@pytest.mark.parametrize(
+    ("fr", "problem"),
+    [
+        (np.zeros(0), "the file's sampling rate is array\\(\\[\\], dtype=float64\\), not a number"),
+        (np.array([20.0, 30.0]), "not a number of Hz"),
+        (-20.0, "must be a positive number of Hz"),
+        (1e9, "beyond any imaging frame rate"),
+    ],
+)
+def test_cnmf_rate_is_checked(tmp_path: Path, rng: np.random.Generator, fr, problem) -> None:
+    A, C = make_cnmf(rng, 9, 11, 3, 40)
+    save_cnmf_hdf5(tmp_path / "cnm.hdf5", A, C, (9, 11), fr)
+    with pytest.raises(InputError, match=rf"cnm\.hdf5: .*{problem}"):
+        READER.open(tmp_path / "cnm.hdf5")

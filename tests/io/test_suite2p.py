@@ -709,3 +709,23 @@ def test_source_name_is_relative(tmp_path: Path, rng: np.random.Generator) -> No
     ds = READER.open(tmp_path / "mouse1" / "suite2p" / "plane0")
     assert ds.attrs["source_name"] == "mouse1/suite2p/plane0"
     assert not os.path.isabs(ds.attrs["source_name"])
+
+
+@pytest.mark.parametrize(
+    ("badframes", "problem"),
+    [
+        (np.array([3, 17]), "values other than 0 and 1"),
+        (np.zeros((30, 2)), "float64 array \\(30, 2\\)"),
+        (np.array(["yes"] * 30), "<U3 array"),
+        ("frames 3 and 17", "badframes is str"),
+        (np.zeros(31), "flags 31 frames but the traces have 30"),
+    ],
+)
+def test_malformed_badframes_are_an_error(
+    tmp_path: Path, rng: np.random.Generator, badframes: object, problem: str
+) -> None:
+    folder = tmp_path / "plane0"
+    write_plane(folder, traces(rng, 4, 30), rng=rng, layout="1.x")
+    save_pickle(folder / "reg_outputs.npy", {"badframes": badframes})
+    with pytest.raises(InputError, match=rf"reg_outputs\.npy: .*{problem}"):
+        READER.open(folder)

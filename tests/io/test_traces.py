@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
 import subprocess
 import sys
 import tempfile
@@ -18,7 +17,7 @@ from hypothesis import strategies as st
 
 from cst_neuro.errors import InputError
 from cst_neuro.io import npy
-from cst_neuro.io.traces import H5Array, TracesReader
+from cst_neuro.io.traces import TracesReader
 
 READER = TracesReader()
 ALLEN = "traces/allen_vc2p_552195520_excerpt_30Hz.mat"
@@ -134,11 +133,45 @@ def test_npz_orientation_and_rate_from_timestamps(tmp_path: Path, rng: np.random
     assert ds.attrs["fs"] == pytest.approx(15.0)
 
 
-def test_npz_rate_key_wins_over_timestamps_and_option_over_both(tmp_path: Path) -> None:
+def test_a_rate_that_contradicts_the_timestamps(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The timestamps are the frames' times: a stored rate gives way to them (warned), and
+    an --fs that contradicts them is an error, so a store never disagrees with itself."""
     data = np.zeros((20, 3), dtype=np.float32)
     np.savez(tmp_path / "r.npz", F=data, frame_rate=np.float64(12.5), t=np.arange(20) / 10.0)
-    assert READER.open(tmp_path / "r.npz").attrs["fs"] == 12.5
-    assert READER.open(tmp_path / "r.npz", fs=9.0).attrs["fs"] == 9.0
+    with caplog.at_level("WARNING", logger="cst_neuro.io._common"):
+        ds = READER.open(tmp_path / "r.npz")
+    assert ds.attrs["fs"] == pytest.approx(10.0)
+    assert "sampling rate 12.5 Hz disagrees with its timestamps (10 Hz)" in caplog.text
+    with pytest.raises(InputError, match=r"--fs 30 Hz contradicts the file's timestamps \(10 Hz"):
+        READER.open(tmp_path / "r.npz", fs=30.0)
+    assert READER.open(tmp_path / "r.npz", fs=10.02).attrs["fs"] == 10.02  # within 1 %
+
+
+@pytest.mark.parametrize(
+    ("rate", "problem"),
+    [
+        ("thirty", "the file's sampling rate is 'thirty', not a number of Hz"),
+        (np.zeros(0), "not a number of Hz"),
+        (np.array([10.0, 20.0]), "not a number of Hz"),
+        (-30.0, "must be a positive number of Hz"),
+        (1e12, "1e\\+12 Hz is beyond any imaging frame rate"),
+    ],
+)
+def test_hdf5_rate_attributes_are_checked(tmp_path: Path, rate: object, problem: str) -> None:
+    with h5py.File(tmp_path / "r.h5", "w") as f:
+        f["dff"] = np.zeros((20, 3), np.float32)
+        f["dff"].attrs["fs"] = rate
+    with pytest.raises(InputError, match=rf"r\.h5: .*{problem}"):
+        READER.open(tmp_path / "r.h5", time_axis=0)
+
+
+def test_absurd_rate_options_are_refused_before_reading(tmp_path: Path) -> None:
+    np.save(tmp_path / "x.npy", np.zeros((20, 3), np.float32))
+    for fs in (1e12, 1e308, float("inf")):
+        with pytest.raises(InputError, match="--fs"):
+            READER.open(tmp_path / "x.npy", fs=fs, time_axis=0)
 
 
 def test_mat5_with_rate_and_cascade_orientation(tmp_path: Path, rng: np.random.Generator) -> None:
@@ -191,15 +224,6 @@ def test_h5_read_errors_after_open_are_input_errors(tmp_path: Path) -> None:
         fh.truncate(size // 2)
     with pytest.raises(InputError, match=r"lazy\.h5: cannot read dataset"):
         ds["F"].values  # noqa: B018
-
-
-def test_h5array_pickles_by_path(tmp_path: Path) -> None:
-    with h5py.File(tmp_path / "p.h5", "w") as f:
-        f["x"] = np.arange(12.0).reshape(3, 4)
-    arr = H5Array(tmp_path / "p.h5", "x")
-    arr[0]
-    clone = pickle.loads(pickle.dumps(arr))
-    np.testing.assert_array_equal(clone[1:], np.arange(4.0, 12.0).reshape(2, 4))
 
 
 def test_inf_becomes_nan_and_invalidates_the_frame(tmp_path: Path) -> None:
@@ -407,5 +431,6 @@ def test_round_trip_is_exact(
         np.testing.assert_array_equal(F, values.astype(np.float32))
         finite = np.isfinite(F)
         expected = (finite | ~finite.any(axis=0)).all(axis=1)  # dead ROIs are ignored
+        expected &= finite.any()  # but with no finite sample at all, nothing is valid
         np.testing.assert_array_equal(ds["valid"].values, expected)
         assert ds["time"].size == n_frames and ds["roi"].size == n_rois

@@ -149,7 +149,16 @@ def _caiman_h5(root: Path, rng: np.random.Generator) -> Valid:
     return Valid("caiman", root / "cnmf.hdf5", ("cnmf.hdf5",), root)
 
 
-def _nwb(root: Path, rng: np.random.Generator) -> Valid:
+def _pixel_mask(i: int) -> list[tuple[float, float, float]]:
+    return [(i, i + 1, 1.0), (i + 1, i + 1, 0.5)]
+
+
+def write_nwb(
+    root: Path,
+    rng: np.random.Generator,
+    mask: Callable[[int], list[tuple[float, float, float]]] = _pixel_mask,
+) -> Valid:
+    """A ΔF/F series with one pixel mask per ROI (``mask(i)``: its (x, y, weight) rows)."""
     from datetime import UTC, datetime
 
     import pynwb
@@ -177,7 +186,7 @@ def _nwb(root: Path, rng: np.random.Generator) -> Valid:
     ophys.add(seg)
     table = seg.create_plane_segmentation(name="rois", description="rois", imaging_plane=plane)
     for i in range(N_ROIS):
-        table.add_roi(pixel_mask=[(i, i + 1, 1.0), (i + 1, i + 1, 0.5)])
+        table.add_roi(pixel_mask=mask(i))
     region = table.create_roi_table_region(region=list(range(N_ROIS)), description="all")
     series = RoiResponseSeries(name="dff", data=_traces(rng), rois=region, unit="1", rate=FS)
     ophys.add(DfOverF(roi_response_series=series))
@@ -197,7 +206,7 @@ BUILDERS: dict[str, Callable[..., Valid]] = {
     "movie-tiff": _tiff,
     "caiman-npz": _caiman_npz,
     "caiman-hdf5": _caiman_h5,
-    "nwb": _nwb,
+    "nwb": write_nwb,
 }
 
 
@@ -243,8 +252,8 @@ def run_cli(*args: str, timeout: float = 120, cwd: Path | None = None) -> tuple[
     return done.returncode, done.stdout, done.stderr
 
 
-def cst_config(path: Path, **settings: Any) -> Path:
-    """A tiny, fast ``fit --config`` TOML (a few CPU seconds), with overrides."""
+def cst_config(path: Path, model: dict[str, int], **settings: Any) -> Path:
+    """A tiny, fast ``fit --config`` TOML (a few CPU seconds) of ``model``, with overrides."""
     base = {
         "window": 16,
         "batch_size": 2,
@@ -253,11 +262,11 @@ def cst_config(path: Path, **settings: Any) -> Path:
         "patience": 50,
         "n_collocation": 8,
         "seed": 0,
+        "prior": "none",
         **settings,
     }
     lines = [f"{k} = {v!r}" for k, v in base.items()]
-    lines += ["[model]", "d_model = 16", "n_heads = 2", "n_layers = 1", "d_ff = 32"]
-    lines += ["n_fourier = 8"]
+    lines += ["[model]", *(f"{k} = {v!r}" for k, v in model.items())]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -267,3 +276,18 @@ def npy_bytes(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, array, allow_pickle=False)
     return buf.getvalue()
+
+
+def cli(*args: object) -> tuple[int, str, str]:
+    """``cst-neuro ARGS`` in-process (typer's runner): exit code, stdout, stderr.
+
+    An exception other than the CLI's own exit is re-raised: a crash shows its traceback.
+    """
+    from typer.testing import CliRunner
+
+    from cst_neuro._cli.app import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.stdout, result.stderr

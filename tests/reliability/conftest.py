@@ -28,13 +28,15 @@ def fresh(valid_inputs: dict[str, Valid], tmp_path: Path):
 
 
 @pytest.fixture(scope="session")
-def trained(valid_inputs: dict[str, Valid], tmp_path_factory: pytest.TempPathFactory) -> dict:
+def trained(
+    valid_inputs: dict[str, Valid], tmp_path_factory: pytest.TempPathFactory, tiny_model: dict
+) -> dict:
     """A store ingested from the Suite2p input and a tiny model fitted on it (CLI)."""
     root = tmp_path_factory.mktemp("trained")
     store, model = root / "rec.zarr", root / "model.pt"
     code, _, err = run_cli("ingest", str(valid_inputs["suite2p-v0"].path), "-o", str(store))
     assert code == 0, err
-    config = cst_config(root / "tiny.toml", max_epochs=1)
+    config = cst_config(root / "tiny.toml", tiny_model, max_epochs=1)
     code, _, err = run_cli("fit", str(store), "-o", str(model), "--config", str(config))
     assert code == 0, err
     return {"store": store, "model": model, "config": config, "root": root}

@@ -107,11 +107,11 @@ def sources(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(sources, tmp_path_factory) -> dict[str, Path]:
+def uninterrupted(sources, tmp_path_factory, tiny_model) -> dict[str, Path]:
     """The same jobs run to completion once: the references."""
     root = tmp_path_factory.mktemp("kill-reference")
     paths = {name: root / name for name in ("big.zarr", "rec.zarr", "m.pt", "up.zarr")}
-    paths["config"] = cst_config(root / "fit.toml", max_epochs=6)
+    paths["config"] = cst_config(root / "fit.toml", tiny_model, max_epochs=6)
     store, model = str(paths["rec.zarr"]), str(paths["m.pt"])
     work = {}
     for command, args, started, finished in (

@@ -7,6 +7,7 @@ code, and write no output. Readers' own inputs are covered by test_hostile_input
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import shutil
@@ -17,23 +18,14 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from typer.testing import CliRunner
 
 from cst_neuro._cli.app import app
 from cst_neuro.checkpoint import FORMAT
 from cst_neuro.train import partial_path
 
-from ._inputs import assert_clean_cli_error
+from ._inputs import assert_clean_cli_error, cli
 
 pytestmark = pytest.mark.timeout(120)
-runner = CliRunner()
-
-
-def cli(*args: object) -> tuple[int, str, str]:
-    result = runner.invoke(app, [str(a) for a in args])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.stdout, result.stderr
 
 
 class _Call:
@@ -76,7 +68,34 @@ def _attr(**attrs) -> Callable[[Path], None]:
     return edit
 
 
+def _json(path: str, **changes) -> Callable[[Path], None]:
+    """Edit a zarr.json of the store by hand (``attributes.fs`` = ``attributes`` → ``fs``)."""
+
+    def edit(store: Path) -> None:
+        meta_path = store / path / "zarr.json"
+        meta = json.loads(meta_path.read_text())
+        for dotted, value in changes.items():
+            *parents, key = dotted.split("__")
+            target = meta
+            for parent in parents:
+                target = target[parent]
+            target[key] = value
+        meta_path.write_text(json.dumps(meta))
+
+    return edit
+
+
 STORE_CASES = {
+    "fs-text": _json(".", attributes__fs="thirty"),
+    "fs-null": _json(".", attributes__fs=None),
+    "fs-absurd": _json(".", attributes__fs=1e300),
+    "nplanes-text": _json(".", attributes__nplanes="two"),
+    "dff-params-not-json": _json(".", attributes__dff_params="{broken"),
+    "chunk-shape-negative": _json("dff", chunk_grid__configuration__chunk_shape=[0, -3]),
+    "chunk-shape-text": _json("dff", chunk_grid__configuration__chunk_shape="big"),
+    "array-shape-text": _json("dff", shape=["a", 3]),
+    "array-dtype-unknown": _json("dff", data_type="complex999"),
+    "array-codec-unknown": _json("dff", codecs=[{"name": "nope"}]),
     "zarr-json-truncated": _truncate_json,
     "chunk-file-missing": _drop_chunk,
     "chunk-bit-flipped": _flip_chunk,

@@ -67,6 +67,7 @@ STAGES = textwrap.dedent(
     config = FitConfig(
         window=16, batch_size=2, steps_per_epoch=3, max_epochs=1, val_fraction=0.0,
         n_collocation=8, memory_budget=budget,
+        prior="none",
         model=dict(d_model=16, n_heads=2, n_layers=1, d_ff=32, n_fourier=8),
     )
     stage("fit", lambda: fit(open_store(store), model, config=config, device="cpu"))
