@@ -29,6 +29,7 @@ It is what lets one model serve recordings it was not trained on.
 from __future__ import annotations
 
 import hashlib
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,6 +96,7 @@ class Normalizer:
 
 CHANNEL_FEATURES = ("lag1", "lag2", "lag4", "noise", "skew", "log_frame")
 FEATURE_FRAMES = 16384  # frames a channel descriptor is computed from, at most
+MAX_EMPTY_DRAWS = 1000  # windows drawn in a row without two observed frames before giving up
 
 
 @dataclass
@@ -183,7 +185,8 @@ def channel_features(
     z: np.ndarray = (x - mean) / np.where(np.asarray(std) > 0, std, 1.0)  # (T, C, V)
     T, C, V = z.shape
     out = np.zeros((C, len(CHANNEL_FEATURES)), np.float32)
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # channels without samples: NaN → 0
         power = np.nanmean(z * z, axis=(0, 2))
         for j, lag in enumerate((1, 2, 4)):
             if lag < T:
@@ -238,6 +241,11 @@ class ChannelWindows:
         self.normalizer = normalizer or Normalizer.fit(self.values, self.allowed)
         self.frames_per_unit = float(frames_per_unit)
         self.features = self._features() if features is None else np.asarray(features)
+
+    def observed_samples(self) -> int:
+        """Finite samples in the allowed frames (the data a model can train on)."""
+        frames = np.flatnonzero(self.allowed)
+        return int(self.values.isel(time=frames).notnull().any("value").sum())
 
     def _features(self) -> np.ndarray:
         """Channel descriptors from (at most `FEATURE_FRAMES`) allowed frames."""
@@ -371,7 +379,15 @@ def sample_batch(
     ctx_parts: list[dict[str, np.ndarray]] = []
     qry_parts: list[dict[str, np.ndarray]] = []
     per_group = max(1, config.max_tokens // config.window)
+    attempts = 0
     while len(ctx_parts) < config.batch_size:
+        attempts += 1
+        if attempts > MAX_EMPTY_DRAWS and not ctx_parts:
+            raise InputError(
+                None,
+                f"{MAX_EMPTY_DRAWS} random windows in a row held fewer than two observed "
+                "frames: the training frames hold (almost) no finite samples",
+            )
         start = int(rng.choice(starts))
         block = windows.read(start)  # (W, C, V)
         keep = np.zeros(block.shape[:2], bool)

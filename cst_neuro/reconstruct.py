@@ -28,7 +28,7 @@ import xarray as xr
 from torch import nn
 
 from cst_neuro.checkpoint import Checkpoint, checked_contents, load_model
-from cst_neuro.data import ChannelWindows, channel_groups
+from cst_neuro.data import ChannelWindows, channel_groups, data_fingerprint
 from cst_neuro.device import autocast
 from cst_neuro.errors import InputError
 from cst_neuro.fit_config import MEMORY_BUDGET
@@ -99,10 +99,21 @@ class Reconstructor:
         model, checkpoint = load_model(path)
         with checked_contents(path):
             try:
-                return cls(model, checkpoint, ds, **kwargs)
+                bound = cls(model, checkpoint, ds, **kwargs)
             except InputError as e:  # the model and this recording do not fit together
                 where = f" {e.path}" if e.path else ""
                 raise InputError(path, f"does not fit the recording{where}: {e.problem}") from None
+        data = checkpoint.data
+        if data is not None and data.fingerprint != data_fingerprint(bound.windows.values):
+            log.warning(
+                "%s was fitted to %s, not to this recording (%s): its normalisation and "
+                "channel descriptors are that recording's; fit a model to this one (a "
+                "zero-shot fit, --max-epochs 0, takes seconds) unless that is what you want",
+                path,
+                data.source_name or "another recording",
+                ds.attrs.get("source_name", "no name"),
+            )
+        return bound
 
     def window_weights(self, frames: np.ndarray) -> list[tuple[int, np.ndarray, np.ndarray]]:
         """(window start, rows, blend weights) for fractional frame positions.
@@ -212,35 +223,77 @@ def _remember(cache: OrderedDict, key: Any, size: int, make: Any) -> Any:
     return cache[key]
 
 
+def _finite_images(rec: Reconstructor, times: np.ndarray) -> np.ndarray:
+    """Images of predictions at ``times``; InputError rather than NaN where a value was asked."""
+    images = rec.as_image(rec.predict(times))
+    if not np.isfinite(images).all():
+        raise InputError(
+            None,
+            f"the model gives no finite value between {times[0]:g} and {times[-1]:g} s "
+            "(a window without observed samples?); nothing was written",
+        )
+    return images
+
+
 def output_times(
     ds: xr.Dataset, *, upsample: int | None = None, times: np.ndarray | None = None
 ) -> np.ndarray:
-    """``t0 + i/(K·fs)`` over the recording's span, or the given times (sorted, unique)."""
+    """``t0 + i/(K·fs)`` over the recording's span, or the given times (sorted, unique).
+
+    Checked before anything is computed: at most `MAX_OUTPUT_TIMES` times, and none further
+    from the recording than its own duration (beyond, a model only extrapolates its last
+    window; a time of 1e300 s would give NaN everywhere).
+    """
     if (upsample is None) == (times is None):
         raise InputError(None, "give exactly one of upsample=K or times=...")
+    t = np.asarray(ds["time"].values, np.float64)
     if upsample is not None:
         if int(upsample) < 1:
             raise InputError(None, f"upsample must be a whole number >= 1, got {upsample}")
-        t = ds["time"].values
-        n = (ds.sizes["time"] - 1) * int(upsample) + 1
+        n = (t.size - 1) * int(upsample) + 1
+        _check_count(n, f"--upsample {upsample} of {t.size} frames")
         return float(t[0]) + np.arange(n) / (int(upsample) * float(ds.attrs["fs"]))
     times = np.asarray(times, dtype=np.float64).ravel()
     if times.size == 0 or not np.all(np.isfinite(times)):
         raise InputError(None, "times must be a non-empty array of finite seconds")
     if np.any(np.diff(times) <= 0):
         raise InputError(None, "times must be strictly increasing")
+    _check_count(times.size, "the query")
+    duration = max(float(t[-1] - t[0]), 1.0 / float(ds.attrs["fs"]))
+    low, high = float(t[0]) - duration, float(t[-1]) + duration
+    outside = (times < low) | (times > high)
+    if outside.any():
+        first = float(times[np.argmax(outside)])
+        raise InputError(
+            None,
+            f"time {first:g} s is further from the recording ({t[0]:g} to {t[-1]:g} s) than "
+            f"its duration; query times must lie in [{low:g}, {high:g}] s",
+        )
     return times
 
 
-def read_times(path: str | os.PathLike[str]) -> np.ndarray:
-    """Query times (seconds) from a 1-D numeric ``.npy``, checked; InputError naming it."""
+MAX_OUTPUT_TIMES = 10**8  # times one reconstruction may ask for (3.9 days at 300 Hz)
+
+
+def _check_count(n: int, what: str) -> None:
+    if n > MAX_OUTPUT_TIMES:
+        raise InputError(
+            None,
+            f"{what} asks for {n:,} output times (at least {n * 8 / 2**30:,.1f} GiB for the "
+            f"times alone); at most {MAX_OUTPUT_TIMES:,}",
+        )
+
+
+def read_times(path: str | os.PathLike[str], ds: xr.Dataset) -> np.ndarray:
+    """Query times (seconds) for ``ds`` from a 1-D numeric ``.npy``, checked
+    (`output_times`); InputError naming the file."""
     from cst_neuro.io.npy import open_npy
 
     arr = open_npy(path)
     if arr.ndim != 1:
         raise InputError(path, f"expected a 1-D array of times in seconds, found {arr.shape}")
     try:
-        return output_times(xr.Dataset(), times=np.asarray(arr[:], dtype=np.float64))
+        return output_times(ds, times=np.asarray(arr[:], dtype=np.float64))
     except InputError as e:
         raise InputError(path, e.problem) from None
 
@@ -265,7 +318,7 @@ def reconstruct(
     blocks = []
     for s in range(0, out_t.size, BLOCK_TIMES):
         chunk = out_t[s : s + BLOCK_TIMES]
-        block = dask.delayed(lambda c: rec.as_image(rec.predict(c)))(chunk)
+        block = dask.delayed(_finite_images)(rec, chunk)
         blocks.append(da.from_delayed(block, (chunk.size, *first.shape[1:]), np.float32))
     values = da.concatenate(blocks, axis=0)
     if upsample is not None:

@@ -196,6 +196,12 @@ def fit(
             frames_per_unit=mode.frames_per_unit(config.window),
             memory_budget=config.memory_budget,
         )
+        if windows.observed_samples() < 2:
+            raise InputError(
+                ds.attrs.get("source_name"),
+                f"the training frames hold {windows.observed_samples()} finite samples of "
+                f"{windows.var}; nothing to fit",
+            )
         fingerprint = data_fingerprint(windows.values)
         prior = config.resolved_prior()
         model, model_config = _initial_model(mode, windows, config, prior)

@@ -116,7 +116,7 @@ def reconstruct(
         raise fail("give exactly one of --upsample K or --times FILE.npy")
     check_writable(output, overwrite=overwrite, inputs=[p for p in (model, store, times) if p])
     ds = open_store(store)
-    query = None if times is None else read_times(times)
+    query = None if times is None else read_times(times, ds)
     rec = Reconstructor.from_checkpoint(
         model, ds, device=resolve_device(device.value), precision=precision.value
     )

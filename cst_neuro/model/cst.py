@@ -101,6 +101,9 @@ class CSTConfig(NetworkConfig):
     channel_features: int = 0  # F: length of the channel descriptors the model reads; 0 = none
     channel_gain: bool = False  # with n_ids: the interpolant's gain also learned per channel
 
+    def blocks(self) -> int:
+        return self.n_layers + self.n_decoder_layers + int(self.n_latent_times > 0)
+
     def __post_init__(self) -> None:
         super().__post_init__()
         if isinstance(self.time_band, list):  # from a checkpoint or a TOML file

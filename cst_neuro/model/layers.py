@@ -27,6 +27,9 @@ if TYPE_CHECKING:
     from cst_neuro.model._gather import LocalKeys
 
 
+MAX_PARAMS = 200_000_000  # a network larger than this (800 MB of fp32 weights) is refused
+
+
 @dataclass
 class NetworkConfig:
     """Settings every architecture has: token layout, widths, regularisation."""
@@ -60,6 +63,22 @@ class NetworkConfig:
                 raise ValueError(f"{name}.{field} must be in [0, 1), got {getattr(self, field)}")
         if self.input_noise < 0:
             raise ValueError(f"{name}.input_noise must be >= 0, got {self.input_noise}")
+        n = self.estimated_params()
+        if n > MAX_PARAMS:
+            raise ValueError(
+                f"{name} describes a network of about {n:.3g} parameters "
+                f"({4 * n / 2**30:.3g} GiB in fp32); at most {MAX_PARAMS:.0e}"
+            )
+
+    def blocks(self) -> int:
+        """Transformer blocks of the network (what its size grows with)."""
+        return self.n_layers
+
+    def estimated_params(self) -> int:
+        """About how many parameters the network has (attention, MLP, identity table)."""
+        D = self.d_model
+        per_block = 4 * D * D + 2 * D * self.d_ff
+        return self.blocks() * per_block + self.n_ids * D
 
 
 def check_coords(config: NetworkConfig, coords: Tensor, name: str) -> None:
