@@ -1,6 +1,12 @@
 """Regenerate docs/results.md: every evaluation table and figure, from scratch.
 
-    python benchmarks/make_results.py            # about 50 minutes on 2 CPU cores
+    python benchmarks/make_results.py            # about 90 minutes on 2 CPU cores
+
+Every table has the three ways a `cst` model can start, with the same budget per trained
+fit (`FIT_MINUTES`): the shipped calcium prior bound to the recording without training
+(``cst-zero-shot``), the prior fine-tuned (``cst``, what `fit` does by default) and a
+network trained from scratch (``cst-scratch``, ``prior = none``). Recordings that were in
+the prior's pretraining corpus (`CORPUS`) are marked; the headline targets use the others.
 
 Runs each evaluation as a job in a pool of ``--workers`` processes (one torch thread
 each), caches every finished report under ``--cache`` (so an interrupted run resumes with
@@ -26,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from cst_neuro.model.modes import MODES as REGISTERED_MODES
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 ALLEN = DATA / "traces" / "allen_vc2p_552195520_excerpt_30Hz.mat"
@@ -33,76 +41,58 @@ ZEBRAFISH = [DATA / "traces" / f"zebrafish_pDp_ogb1_7.5Hz_0{i}.mat" for i in (1,
 GROUND_TRUTH = sorted((DATA / "ground_truth").glob("*.mat"))
 SPIRALS = DATA / "toy" / "ie_spirals_500x100x2.npy"
 CLASSIC = ["hold", "linear", "pchip", "cubic", "gp"]
-MODES = ["cst", "transformer", "paper"]
+INTERPOLANTS = ("linear", "pchip", "cubic")  # "the best classic interpolant" of the targets
+MODES = list(REGISTERED_MODES)
+VARIANTS = ["cst-zero-shot", "cst", "cst-scratch"]  # prior zero-shot, fine-tuned, from scratch
+# real recordings in the shipped prior's corpus (docs/prior.md): name prefixes of datasets
+CORPUS = ("DS09_GCaMP6f_m_V1_cell5C", "allen_vc2p_552195520_excerpt_30Hz", "v1_optinist_mouse2p")
 
-# (minutes per job) budgets: the whole run stays under an hour with 2 workers
-BUDGET = {
-    "allen4": 18.0,  # 2 seeds × 3 modes
-    "allen_factor": 3.0,
-    "simulator": 7.5,
-    "ground_truth": 1.5,
-    "zebrafish": 2.5,
-    "spirals": 3.0,
-    "forecast": 3.0,
-}
+FIT_MINUTES = 2.0  # per trained model fit, as the targets' "2-3 minute budget"
+MODEL_SHARE = 0.8  # evaluate's share of a job's budget for model fits
+SPIRALS_MINUTES = 3.0
+
+
+def job_minutes(model_methods: list[str]) -> float:
+    """The budget of a job whose trained fits each get `FIT_MINUTES` (zero-shot: none)."""
+    trained = sum(m != "cst-zero-shot" for m in model_methods)
+    return max(trained, 1) * FIT_MINUTES / MODEL_SHARE
+
+
+def in_corpus(dataset: str) -> bool:
+    """Whether a recording was in the prior's pretraining corpus."""
+    return dataset.startswith(CORPUS)
 
 
 def jobs(scale: float) -> list[tuple[str, dict[str, Any]]]:
     """Every evaluation to run: (key, arguments of ``run_job``)."""
+    allen4 = [*VARIANTS, "transformer", "paper"]
     out: list[tuple[str, dict[str, Any]]] = [
-        ("allen_x4", {"kind": "allen", "factor": 4, "seeds": 2, "minutes": BUDGET["allen4"]}),
-        ("simulator_x4", {"kind": "simulator", "minutes": BUDGET["simulator"]}),
+        ("allen_x4", {"kind": "allen", "factor": 4, "models": allen4}),
+        ("simulator_x4", {"kind": "simulator", "models": VARIANTS}),
+        ("allen_forecast", {"kind": "allen_forecast", "models": ["cst-zero-shot", "cst"]}),
     ]
-    out.append(("allen_forecast", {"kind": "allen_forecast", "minutes": BUDGET["forecast"]}))
     for factor in (2, 8):
-        out.append(
-            (
-                f"allen_x{factor}",
-                {"kind": "allen", "factor": factor, "seeds": 1, "minutes": BUDGET["allen_factor"]},
-            )
-        )
+        out.append((f"allen_x{factor}", {"kind": "allen", "factor": factor, "models": VARIANTS}))
     for path in GROUND_TRUTH:
         for i in range(5):
-            out.append(
-                (
-                    f"gt_{path.stem}_{i + 1}",
-                    {
-                        "kind": "ground_truth",
-                        "path": str(path),
-                        "index": i,
-                        "minutes": BUDGET["ground_truth"],
-                    },
-                )
-            )
+            kw = {"kind": "ground_truth", "path": str(path), "index": i, "models": VARIANTS}
+            out.append((f"gt_{path.stem}_{i + 1}", kw))
     for path in ZEBRAFISH:
-        for task, kw, modes in (  # all three modes on one table per recording (the hour)
-            ("infill20", {"task": "infill", "fraction": 0.2}, MODES),
-            ("infill50", {"task": "infill", "fraction": 0.5}, ["cst"]),
-            ("infill_blocks", {"task": "infill", "fraction": 0.2, "block": 8}, ["cst"]),
-            ("spatial", {"task": "spatial"}, ["cst"]),
+        for task, kw, models in (
+            ("upsample2", {"task": "upsample", "factor": 2}, VARIANTS),
+            ("infill20", {"task": "infill", "fraction": 0.2}, [*VARIANTS, "transformer", "paper"]),
+            ("infill50", {"task": "infill", "fraction": 0.5}, VARIANTS),
+            ("infill_blocks", {"task": "infill", "fraction": 0.2, "block": 8}, VARIANTS),
+            ("spatial", {"task": "spatial"}, VARIANTS),
         ):
-            out.append(
-                (
-                    f"zf_{path.stem[-2:]}_{task}",
-                    {
-                        "kind": "zebrafish",
-                        "path": str(path),
-                        **kw,
-                        "modes": modes,
-                        "minutes": BUDGET["zebrafish"] * len(modes),  # the same per fit
-                    },
-                )
-            )
+            job = {"kind": "zebrafish", "path": str(path), **kw, "models": models}
+            out.append((f"zf_{path.stem[-2:]}_{task}", job))
+    for _, kw in out:
+        kw["minutes"] = job_minutes(kw["models"]) * scale
     for mode, seeds in (("cst", (0, 1)), ("transformer", (0,)), ("paper", (0,))):
         for seed in seeds:
-            out.append(
-                (
-                    f"spirals_{mode}_{seed}",
-                    {"kind": "spirals", "mode": mode, "seed": seed, "minutes": BUDGET["spirals"]},
-                )
-            )
-    for _, kw in out:
-        kw["minutes"] *= scale
+            kw = {"kind": "spirals", "mode": mode, "seed": seed, "minutes": SPIRALS_MINUTES * scale}
+            out.append((f"spirals_{mode}_{seed}", kw))
     return out
 
 
@@ -136,37 +126,34 @@ def _report(kind: str, kw: dict[str, Any]) -> Any:
     from cst_neuro.evaluate.tasks import Task, segments
     from cst_neuro.io import open_recording
 
-    minutes = kw["minutes"]
+    minutes, models = kw["minutes"], kw["models"]
     if kind == "allen":
         ds = open_recording(ALLEN, fs=30.0)
-        methods = None if kw["factor"] == 4 else [*CLASSIC, "lowrank", "cst"]
+        methods = [*CLASSIC, "lowrank", *models]
         return evaluate_store(
-            ds,
-            task="upsample",
-            factor=kw["factor"],
-            methods=methods,
-            seeds=kw["seeds"],
-            max_minutes=minutes,
+            ds, task="upsample", factor=kw["factor"], methods=methods, max_minutes=minutes
         )
     if kind == "allen_forecast":
         ds = open_recording(ALLEN, fs=30.0)
-        methods = ["persistence", "ar", "var", "cst"]
+        methods = ["persistence", "ar", "var", *models]
         return evaluate_store(ds, task="forecast", horizon=4, methods=methods, max_minutes=minutes)
     if kind == "simulator":
-        return evaluate_store(_simulated(), task="upsample", factor=4, max_minutes=minutes)
+        methods = [*CLASSIC, "lowrank", *models]
+        return evaluate_store(
+            _simulated(), task="upsample", factor=4, methods=methods, max_minutes=minutes
+        )
     if kind == "zebrafish":
         ds = open_recording(Path(kw["path"]), fs=7.5)
-        task = {k: kw[k] for k in ("task", "fraction", "block") if k in kw}
+        task = {k: kw[k] for k in ("task", "fraction", "block", "factor") if k in kw}
         base = ["mean", "ridge"] if kw["task"] == "spatial" else CLASSIC  # no ROI positions
         extra = ["lowrank"] if kw["task"] != "spatial" else []
-        methods = [*base, *extra, *kw["modes"]]
-        return evaluate_store(ds, methods=methods, max_minutes=minutes, **task)
+        return evaluate_store(ds, methods=[*base, *extra, *models], max_minutes=minutes, **task)
     gt = load_ground_truth(kw["path"])[kw["index"]]
     traces = load_traces(gt.recording)
     report = evaluate_traces(
         traces,
         Task("upsample", factor=4),
-        methods=[*CLASSIC, "cst"],
+        methods=[*CLASSIC, *models],
         max_minutes=minutes,
         on_seed=timing_hook(gt.spikes),
     )
@@ -257,16 +244,25 @@ def _pooled(means: list[float], counts: list[float]) -> float:
     return float((m[ok] * n[ok]).sum() / n[ok].sum()) if ok.any() else float("nan")
 
 
-def _population_target(what: str, ratio: float, summary: dict[str, float]) -> str:
-    """A Targets row for a population table: cst / best baseline ≤ 0.95, and ahead of the
-    transformer and paper modes where they were scored."""
-    others = [summary[f"{m}_nmse"] for m in ("transformer", "paper") if f"{m}_nmse" in summary]
-    goal, verdict = "≤ 0.95", _verdict(ratio, 0.95)
-    if others and "cst_nmse" in summary:
+def _population_target(what: str, report: Any, among: tuple[str, ...] | None = None) -> str:
+    """A Targets row for a population table: cst (fine-tuned) / best baseline ≤ 0.95 (the
+    baselines ``among``, default all), the zero-shot and from-scratch ratios beside it, and
+    ahead of the transformer and paper modes where they were scored."""
+    s = report.summary()
+    best = report.best_baseline(among)
+    ratio = {m: s.get(f"{m}_nmse", np.nan) / s[f"{best}_nmse"] for m in VARIANTS}
+    others = [s[f"{m}_nmse"] for m in ("transformer", "paper") if f"{m}_nmse" in s]
+    goal, verdict = "≤ 0.95", _verdict(ratio["cst"], 0.95)
+    if others and "cst_nmse" in s:
         goal += ", ahead of transformer and paper"
-        ahead = summary["cst_nmse"] < min(others)
+        ahead = s["cst_nmse"] < min(others)
         verdict += "; ahead of transformer and paper" if ahead else "; behind another mode"
-    return f"| {what} | {ratio:.3f} | {goal} | {verdict} |"
+    corpus = " (in the prior's corpus)" if in_corpus(report.dataset) else ""
+    measured = (
+        f"{ratio['cst']:.3f} (zero-shot {ratio['cst-zero-shot']:.3f}, "
+        f"from scratch {ratio['cst-scratch']:.3f})"
+    )
+    return f"| {what}{corpus} | {measured} | {goal} | {verdict} |"
 
 
 def _verdict(value: float, target: float) -> str:
@@ -350,7 +346,8 @@ def _head(
         "",
         "Protocol (all tables): time is cut into ten contiguous segments; two are test, one is "
         "validation, the rest (always including the first and last) training, drawn per seed. "
-        "Models (`cst-neuro fit` defaults, nothing tuned on these data) train on the observed "
+        "Models (`cst-neuro fit` defaults, nothing tuned on these data; `cst` fine-tunes the "
+        "shipped calcium prior, see docs/prior.md) train on the observed "
         "samples of the training segments only: hidden samples and all samples of validation and "
         "test segments are absent tokens, and normalisation comes from the training segments. At "
         "test time every method reads the observed samples (the every-k-th frames, the frames not "
@@ -370,17 +367,16 @@ def _allen(page: Page) -> None:
     allen = page.report("allen_x4")
     if allen is None:
         return
-    s = allen.summary()
-    ratio = s.get("cst_vs_best_baseline", np.nan)
     what = f"Allen excerpt, ×4, cst / best of classic + low-rank ({NAMES[allen.best_baseline()]})"
-    page.targets.append(_population_target(what, ratio, s))
+    page.targets.append(_population_target(what, allen))
     plot_example(allen, page.figures / "allen_x4_traces.png")
     page.body += [
         "## Allen Brain Observatory excerpt: ×4 temporal upsampling",
         "",
-        f"74 ROIs × 6,001 frames, 30 Hz ΔF/F; the models see every 4th frame (7.5 Hz). "
-        f"{len(allen.runs)} seeds; {allen.settings['minutes_per_fit']:.2f} min of training "
-        "per model fit. `f'' energy` is the mean squared second derivative of the dense "
+        f"74 ROIs × 6,001 frames, 30 Hz ΔF/F; the models see every 4th frame (7.5 Hz). In the "
+        f"prior's pretraining corpus. {len(allen.runs)} seed; "
+        f"{allen.settings['minutes_per_fit']:.2f} min of training per trained fit. "
+        "`f'' energy` is the mean squared second derivative of the dense "
         "reconstruction (z-units, per observed interval²) and `slope jump` the mean jump of "
         "the first derivative at observed samples, both over a test stretch of 8 ROIs.",
         "",
@@ -393,20 +389,22 @@ def _allen(page: Page) -> None:
 
 def _allen_factors(page: Page) -> None:
     """NMSE of each method at ×2, ×4 and ×8 on the Allen excerpt: table and figure."""
+    from cst_neuro.evaluate.report import NAMES
+
     reports = {k: page.report(f"allen_x{k}") for k in (2, 4, 8)}
     if sum(r is not None for r in reports.values()) < 2:
         return
     _plot_factor(reports, page.figures / "allen_error_vs_factor.png")
     rows = ["| method | " + " | ".join(f"×{k}" for k in reports) + " |"]
     rows.append("|---" * (len(reports) + 1) + "|")
-    for m in [*CLASSIC, "lowrank", "cst"]:
+    for m in [*CLASSIC, "lowrank", *VARIANTS]:
         cells = []
         for r in reports.values():
             mean = r.stat(m, "nmse")[0] if r is not None and m in r.methods else np.nan
             cells.append(f"{mean:.3f}" if np.isfinite(mean) else "–")
-        rows.append(f"| {m} | " + " | ".join(cells) + " |")
+        rows.append(f"| {NAMES.get(m, m)} | " + " | ".join(cells) + " |")
     page.body += [
-        "### Error against upsampling factor (Allen excerpt, seed 0 for ×2 and ×8)",
+        "### Error against upsampling factor (Allen excerpt, seed 0)",
         "",
         *rows,
         "",
@@ -434,76 +432,102 @@ def _forecast(page: Page) -> None:
 
 
 def _ground_truth(page: Page) -> None:
-    """Single cells with spikes: ×4 NMSE per cell and pooled spike-onset errors."""
-    rows, ratios, onset = [], [], {m: [] for m in ["linear", "cubic", "gp", "cst"]}
+    """Single cells with spikes: ×4 NMSE per cell of the three cst starts against the
+    interpolants, and pooled spike-onset errors; targets on cells outside the corpus."""
+    rows: list[str] = []
+    ratio: dict[str, list[float]] = {m: [] for m in VARIANTS}
+    vs_linear: list[float] = []
+    onset: dict[str, list[float]] = {m: [] for m in ["linear", "cubic", "gp", "cst"]}
     refs, counts, ref_counts = [], [], []
-    keys = page.keys("gt_")
+    keys = [k for k in page.keys("gt_") if page.report(k) is not None]
     for key in keys:
         res, r = _read(page.cache, key), page.report(key)
-        if res is None or r is None:
-            continue
         s = r.summary()
-        classic = r.best_baseline(tuple(CLASSIC))
-        ratio = s["cst_nmse"] / s["best_classic_nmse"] if "cst_nmse" in s else np.nan
-        ratios.append(ratio)
-        for m in onset:
-            onset[m].append(r.stat(m, "onset_mae_ms")[0])
-        refs.append(res["reference"]["onset_mae_ms"])
-        ref_counts.append(res["reference"]["onsets"])
-        counts.append(r.stat("cst", "onsets")[0])
+        best = s[f"{r.best_baseline(INTERPOLANTS)}_nmse"]
+        held_out = not in_corpus(r.dataset)
+        if held_out:
+            for m in VARIANTS:
+                ratio[m].append(s[f"{m}_nmse"] / best)
+            vs_linear.append(s["cst_nmse"] / s["linear_nmse"])
+            for m in onset:
+                onset[m].append(r.stat(m, "onset_mae_ms")[0])
+            refs.append(res["reference"]["onset_mae_ms"])
+            ref_counts.append(res["reference"]["onsets"])
+            counts.append(r.stat("cst", "onsets")[0])
         rows.append(
-            f"| {r.dataset} | {r.settings['fs']:.0f} | {s['linear_nmse']:.3f} | "
-            f"{s['cubic_nmse']:.3f} | {s['gp_nmse']:.3f} | {classic} | "
-            f"{s.get('cst_nmse', np.nan):.3f} | {ratio:.3f} | "
-            f"{onset['linear'][-1]:.1f} | {onset['cst'][-1]:.1f} | "
+            f"| {r.dataset}{'' if held_out else ' (corpus)'} | {r.settings['fs']:.0f} | "
+            + " | ".join(f"{s[f'{m}_nmse']:.3f}" for m in ["linear", "pchip", "cubic", "gp"])
+            + " | "
+            + " | ".join(f"{s[f'{m}_nmse']:.3f}" for m in VARIANTS)
+            + f" | {s['cst_nmse'] / best:.3f} | {s['cst_nmse'] / s['linear_nmse']:.3f} | "
+            f"{r.stat('linear', 'onset_mae_ms')[0]:.1f} | {r.stat('cst', 'onset_mae_ms')[0]:.1f} | "
             f"{res['reference']['onset_mae_ms']:.1f} | {r.stat('cst', 'onsets')[0]:.0f} |"
         )
     if not keys:
         return
-    med = float(np.nanmedian(ratios))
-    page.targets.append(
-        f"| ground truth (single cells), ×4, median over {len(ratios)} recordings of "
-        f"cst / best classic | {med:.3f} | ≤ 0.9 | {_verdict(med, 0.9)} |"
-    )
+    n = len(vs_linear)
+    med = {m: float(np.nanmedian(v)) for m, v in ratio.items()}
+    worst = float(np.nanmax(vs_linear)) if vs_linear else np.nan
+    cells = f"{n} cells outside the corpus"
+    page.targets += [
+        f"| single cells, ×4, median over {cells} of cst / best of linear, PCHIP, cubic | "
+        f"{med['cst']:.3f} (from scratch {med['cst-scratch']:.3f}) | ≤ 0.85 | "
+        f"{_verdict(med['cst'], 0.85)} |",
+        f"| single cells, ×4, the worst of cst / linear over {cells} | {worst:.3f} | ≤ 1.05 | "
+        f"{_verdict(worst, 1.05)} |",
+        f"| single cells, ×4, median over {cells} of prior zero-shot / best of linear, PCHIP, "
+        f"cubic | {med['cst-zero-shot']:.3f} | ≤ 1.0 | {_verdict(med['cst-zero-shot'], 1.0)} |",
+    ]
     pooled = {m: _pooled(v, counts) for m, v in onset.items()}
     ref_pooled = _pooled(refs, ref_counts)
     better = pooled["cst"] < pooled["linear"]
     page.targets.append(
-        f"| spike onsets, ×4, mean onset error over all {int(np.nansum(counts))} test-segment "
-        f"burst onsets, cst vs linear (ms) | {pooled['cst']:.1f} vs {pooled['linear']:.1f} | "
-        f"cst closer than linear | {'met' if better else '**not met**'} |"
+        f"| spike onsets, ×4, mean onset error over the {int(np.nansum(counts))} test-segment "
+        f"burst onsets of the {cells}, cst vs linear (ms) | {pooled['cst']:.1f} vs "
+        f"{pooled['linear']:.1f} | cst closer than linear | {'met' if better else '**not met**'} |"
     )
+    fit_minutes = FIT_MINUTES * page.scale
     page.body += [
         "## Ground-truth recordings: ×4 upsampling of single cells, and spike timing",
         "",
-        "CASCADE DS09 (GCaMP6f, 60 Hz) and DS30 (jGCaMP8f, 110-122 Hz), 15 cells; the models "
-        "see every 4th frame. One seed each; "
-        f"{BUDGET['ground_truth'] * page.scale * 0.8:.1f} min of cst training per cell. Onset "
-        "error: mean |half-rise time of the transient − true spike time| (ms) over burst "
-        "onsets (spikes after ≥ 0.5 s of silence) in the test segments, located in each "
-        "method's reconstruction sampled at 4 points per full-rate frame; `full rate` is the "
-        "same detector on the undecimated recording (the floor). `n` = onsets scored.",
+        "CASCADE DS09 (GCaMP6f, 60 Hz; its five cells were in the prior's pretraining corpus, "
+        "marked) and DS30 (jGCaMP8f, 110-122 Hz; not in the corpus), 15 cells; the models see "
+        f"every 4th frame. One seed each; {fit_minutes:.1f} min of training per trained fit "
+        "(fine-tuning and from scratch; zero-shot trains nothing). `best` is the best of "
+        "linear, PCHIP and cubic (the targets' classic interpolants); the windowed GP is a "
+        "tuned yardstick beside them. Onset error: mean |half-rise time of the transient − "
+        "true spike time| (ms) over burst onsets (spikes after ≥ 0.5 s of silence) in the test "
+        "segments, located in each method's reconstruction sampled at 4 points per full-rate "
+        "frame; `full rate` is the same detector on the undecimated recording (the floor). "
+        "`n` = onsets scored.",
         "",
-        "| recording | Hz | linear | cubic | GP | best classic | cst | cst / best classic | "
-        "onset linear (ms) | onset cst (ms) | onset full rate (ms) | n |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| recording | Hz | linear | PCHIP | cubic | GP | prior zero-shot | prior + fine-tune | "
+        "from scratch | fine-tuned / best | fine-tuned / linear | onset linear (ms) | "
+        "onset cst (ms) | onset full rate (ms) | n |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         *rows,
-        f"| **median** (onsets: pooled mean) | | | | | | | **{med:.3f}** | "
-        f"{pooled['linear']:.1f} | {pooled['cst']:.1f} | {ref_pooled:.1f} | "
-        f"{int(np.nansum(counts))} |",
+        f"| **median over the {cells}** (onsets: pooled mean) | | | | | | "
+        f"{med['cst-zero-shot']:.3f}× | {med['cst']:.3f}× | {med['cst-scratch']:.3f}× | "
+        f"**{med['cst']:.3f}** | worst {worst:.3f} | {pooled['linear']:.1f} | "
+        f"{pooled['cst']:.1f} | {ref_pooled:.1f} | {int(np.nansum(counts))} |",
+        "",
+        "(In the median row the three cst columns give each start's median ratio to the best "
+        "interpolant.)",
         "",
     ]
 
 
 def _zebrafish(page: Page) -> None:
-    """Zebrafish in-filling and spatial tables, one Targets row each."""
+    """Zebrafish ×2 upsampling (the population target), in-filling and spatial tables."""
     keys = page.keys("zf_")
     if not keys:
         return
     page.body += [
-        "## Zebrafish pDp (OGB-1, 7.5 Hz, 1,005 ROIs × 260 frames): in-filling and spatial",
+        "## Zebrafish pDp (OGB-1, 7.5 Hz, 1,005 ROIs × 260 frames): upsampling, in-filling, "
+        "spatial",
         "",
-        "Two recordings. In-filling hides 20% or 50% of frames at random, or 20% in blocks "
+        "Two recordings, not in the prior's corpus. Upsampling ×2 shows the models every other "
+        "frame (3.75 Hz); in-filling hides 20% or 50% of frames at random, or 20% in blocks "
         "of 8 frames; spatial hides 10% of the ROIs in the validation and test segments "
         "(they are seen in training segments) and predicts them from the others. ROIs "
         "that are never finite are left out. One seed each. The random 20% in-filling tables "
@@ -515,10 +539,15 @@ def _zebrafish(page: Page) -> None:
         r = page.report(key)
         if r is None:
             continue
-        s = r.summary()
-        ratio = s.get("cst_vs_best_baseline", np.nan)
-        what = f"zebrafish {r.dataset[-6:-4]}, {r.label}, cst / best baseline"
-        page.targets.append(_population_target(what, ratio, s))
+        if r.task == "upsample":
+            what = (
+                f"populations: zebrafish {r.dataset[-6:-4]}, ×2, cst / best of linear, PCHIP, "
+                "cubic and low-rank"
+            )
+            page.targets.append(_population_target(what, r, (*INTERPOLANTS, "lowrank")))
+        else:
+            what = f"zebrafish {r.dataset[-6:-4]}, {r.label}, cst / best baseline"
+            page.targets.append(_population_target(what, r))
         page.body += [f"### {r.dataset}: {r.label}", "", r.table(), ""]
 
 
@@ -529,11 +558,7 @@ def _simulator(page: Page) -> None:
     sim = page.report("simulator_x4")
     if sim is None:
         return
-    s = sim.summary()
-    ratio = s.get("cst_vs_best_baseline", np.nan)
-    page.targets.append(
-        _population_target("simulator, ×4, cst / best of classic + low-rank", ratio, s)
-    )
+    page.targets.append(_population_target("simulator, ×4, cst / best of classic + low-rank", sim))
     plot_example(sim, page.figures / "simulator_x4_traces.png")
     page.body += [
         "## Simulator: ×4 upsampling with a clean truth",
@@ -594,7 +619,7 @@ def _spirals(page: Page) -> None:
         "real points plus input-Jacobian penalties, as released). `paper` and `transformer` "
         "use the released network (dim 32, 4 layers, 4 heads, feed-forward 3072, attention "
         "dropout 0.8); `cst` a small decoder without latents. Early stopping on validation "
-        f"curves, {BUDGET['spirals'] * page.scale:.1f} min per run. MSE in raw units on the 150 "
+        f"curves, {SPIRALS_MINUTES * page.scale:.1f} min per run. MSE in raw units on the 150 "
         "test curves (×1e-3); the noise variance, about 0.45, is the floor. On the 50 "
         f"validation curves linear gives {any_res['classic_val']['linear'] * 1e3:.3f} and the "
         f"natural spline {any_res['classic_val']['cubic'] * 1e3:.3f} (reference on the "
@@ -611,11 +636,11 @@ def _spirals(page: Page) -> None:
 
 
 SECTIONS: tuple[Callable[[Page], None], ...] = (
+    _ground_truth,
+    _zebrafish,
     _allen,
     _allen_factors,
     _forecast,
-    _ground_truth,
-    _zebrafish,
     _simulator,
     _spirals,
 )

@@ -13,7 +13,7 @@ from cst_neuro.checkpoint import Checkpoint, DataBinding, load_model
 from cst_neuro.data import Normalizer
 from cst_neuro.errors import InputError, OutputError
 from cst_neuro.fit_config import FitConfig
-from cst_neuro.model.modes import DataShape, get_mode
+from cst_neuro.model.modes import MODES, DataShape, get_mode
 
 SHAPE = DataShape(value_dim=1, n_channels=3, window=8, train_values=100)
 
@@ -37,7 +37,7 @@ def _checkpoint(mode: str = "cst") -> Checkpoint:
     )
 
 
-@pytest.mark.parametrize("mode", ["cst", "transformer", "paper"])
+@pytest.mark.parametrize("mode", list(MODES))
 def test_round_trip_keeps_everything(tmp_path: Path, mode: str) -> None:
     saved = _checkpoint(mode)
     saved.save(tmp_path / "m.pt")

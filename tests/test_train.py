@@ -18,6 +18,7 @@ import torch
 from cst_neuro import train as train_module
 from cst_neuro.checkpoint import Checkpoint, load_model
 from cst_neuro.errors import InputError
+from cst_neuro.model.modes import MODES
 from cst_neuro.simulate import SimulationConfig, simulate
 from cst_neuro.train import FitConfig, fit, partial_path
 
@@ -53,7 +54,7 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
     return Checkpoint.load(path).state_dict
 
 
-@pytest.mark.parametrize("mode", ["cst", "transformer", "paper"])
+@pytest.mark.parametrize("mode", list(MODES))
 def test_fit_writes_a_loadable_model(recording, tmp_path: Path, mode: str) -> None:
     result = fit(recording, tmp_path / "m.pt", config=tiny_config(mode=mode, max_epochs=2))
     assert result.epochs == 2 and len(result.history) == 2

@@ -38,6 +38,13 @@ MODEL_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "cst-scratch": ("cst", {"prior": "none"}),
 }
 DEFAULT_MODEL_METHODS = tuple(MODES)  # what `evaluate` runs when no methods are named
+
+
+def trains(method: str) -> bool:
+    """Whether a model method trains (and so takes a share of the time budget)."""
+    return MODEL_METHODS[method][1].get("max_epochs") != 0
+
+
 WINDOW = 32  # FitConfig's default window, shortened for very short recordings
 
 

@@ -40,7 +40,9 @@ NAMES = {
     "persistence": "persistence",
     "ar": "AR(p)",
     "var": "ridge VAR(1)",
-    "cst": "cst",
+    "cst": "cst (prior + fine-tune)",
+    "cst-zero-shot": "cst (prior zero-shot)",
+    "cst-scratch": "cst (from scratch)",
     "transformer": "transformer",
     "paper": "paper",
 }

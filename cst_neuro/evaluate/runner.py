@@ -23,7 +23,13 @@ from cst_neuro.atomic import check_output
 from cst_neuro.errors import InputError
 from cst_neuro.evaluate import metrics as mt
 from cst_neuro.evaluate.methods import METHODS, MODEL, Forecasting, available_methods
-from cst_neuro.evaluate.models import WINDOW, FittedModel, fit_model
+from cst_neuro.evaluate.models import (
+    DEFAULT_MODEL_METHODS,
+    WINDOW,
+    FittedModel,
+    fit_model,
+    trains,
+)
 from cst_neuro.evaluate.recording import Traces, load_traces, masked_recording
 from cst_neuro.evaluate.report import REPORT, EvaluationReport
 from cst_neuro.evaluate.tasks import Split, Task, forecast_origins, make_split, segments
@@ -97,7 +103,7 @@ def evaluate_traces(
     if seeds < 1:
         raise InputError(None, f"seeds must be 1 or more, got {seeds}")
     budget = DEFAULT_MINUTES if max_minutes is None else float(max_minutes)
-    n_fits = seeds * sum(METHODS[m].family == MODEL for m in chosen)
+    n_fits = seeds * sum(METHODS[m].family == MODEL and trains(m) for m in chosen)
     per_fit = budget * MODEL_SHARE / max(n_fits, 1)
     start = time.perf_counter()
     runs, example = [], None
@@ -134,8 +140,8 @@ def evaluate_traces(
 def _resolve_methods(task: Task, traces: Traces, methods: Sequence[str] | None) -> list[str]:
     known = bool(np.ptp(traces.positions, axis=0).any()) if traces.shape[1] > 1 else False
     allowed = available_methods(task, traces.shape[1], known)
-    if methods is None:
-        return list(allowed)
+    if methods is None:  # the baselines and the modes; variants of cst when asked for
+        return [m for m in allowed if METHODS[m].family != MODEL or m in DEFAULT_MODEL_METHODS]
     unknown = [m for m in methods if m not in allowed]
     if unknown:
         raise InputError(

@@ -63,27 +63,29 @@ def real_sources(path: str | os.PathLike[str]) -> list[Source]:
 
     path = Path(path)
     if is_ground_truth(path):
-        return [_source(str(path), load_traces(gt.recording)) for gt in load_ground_truth(path)]
+        return [_source(path, load_traces(gt.recording)) for gt in load_ground_truth(path)]
     if os.path.isdir(path) and (
         str(path).endswith(".zarr") or os.path.exists(os.path.join(path, "zarr.json"))
     ):
-        return [_source(str(path), load_traces(path))]
+        return [_source(path, load_traces(path))]
     from cst_neuro.io import open_recording
     from cst_neuro.preprocess import compute_dff
 
     ds = open_recording(path)
-    return [_source(str(path), load_traces(ds if "dff" in ds else compute_dff(ds)))]
+    return [_source(path, load_traces(ds if "dff" in ds else compute_dff(ds)))]
 
 
-def _source(name: str, traces: Any) -> Source:
-    """A Source of `evaluate.recording.Traces`, positions scaled to the field of view."""
+def _source(path: Path, traces: Any) -> Source:
+    """A Source of `evaluate.recording.Traces` (named as the recording names itself, so
+    evaluations can tell corpus recordings apart), positions scaled to the field of view."""
+    name = traces.name or path.name
     span = np.ptp(traces.positions, axis=0).max() if traces.shape[1] > 1 else 0.0
     positions = (
         (traces.positions - traces.positions.min(0)) / span if span > 0 else traces.positions * 0
     )
     values = traces.values.astype(np.float32)
     if traces.shape[0] < 64:
-        raise InputError(name, f"{traces.shape[0]} frames is too short for the corpus (64 or more)")
+        raise InputError(path, f"{traces.shape[0]} frames is too short for the corpus (64 or more)")
     return Source(name, values, values, traces.fs, positions)
 
 

@@ -248,7 +248,7 @@ def _save(
     weights = state["best"] if kind == "prior" and state["best"] is not None else model.state_dict()
     info = {
         "pretrain": dataclasses.asdict(config),
-        "real_recordings": [Path(s.name).name for s in sources],
+        "real_recordings": sorted({s.name for s in sources}),
         "steps": state["step"],
         "features": list(CHANNEL_FEATURES),
     }
