@@ -13,6 +13,7 @@ from cst_neuro.errors import InputError
 from cst_neuro.evaluate import EvaluationReport, available_methods, evaluate_store
 from cst_neuro.evaluate import models as eval_models
 from cst_neuro.evaluate.recording import load_traces
+from cst_neuro.evaluate.runner import _resolve_methods
 from cst_neuro.evaluate.tasks import Task, make_split
 from cst_neuro.schema import new_recording
 
@@ -96,8 +97,27 @@ def test_all_modes_report_and_write_completely(
     assert json.loads((out / "report.json").read_text())["summary"]["cst_nmse"] == pytest.approx(
         summary["cst_nmse"]
     )
-    assert "| cst |" in (out / "report.md").read_text()
+    assert "| cst (prior + fine-tune) |" in (out / "report.md").read_text()
     assert not list(tmp_path.glob(".report.*"))  # no temporaries left
+
+
+def test_the_prior_variants_share_the_budget_of_trained_fits_only(
+    simulated: xr.Dataset, tiny_fit: dict
+) -> None:
+    report = evaluate_store(
+        simulated,
+        task="upsample",
+        factor=4,
+        methods=["linear", "cst-zero-shot", "cst-scratch"],
+        fit_settings=tiny_fit,
+        max_minutes=1.0,
+    )
+    run = report.runs[0]
+    assert run["cst-zero-shot"]["epochs"] == 0 and run["cst-scratch"]["epochs"] >= 1
+    assert report.settings["minutes_per_fit"] == pytest.approx(0.8)  # one trained fit
+    assert np.isfinite(run["cst-zero-shot"]["nmse"]) and np.isfinite(run["cst-scratch"]["nmse"])
+    chosen = _resolve_methods(Task("upsample"), load_traces(simulated), None)
+    assert "cst" in chosen and "cst-zero-shot" not in chosen  # variants run when named
 
 
 def test_unknown_methods_and_grid_stores_are_refused(simulated: xr.Dataset) -> None:
