@@ -419,7 +419,7 @@ def held_out_frames(
     held = np.zeros(window, bool)
     while held[frames].sum() < n_query:
         start = int(rng.choice(frames))
-        held[start : start + int(rng.integers(1, config.val_block + 1))] = True
+        held[start : start + int(rng.integers(1, (config.val_block or 1) + 1))] = True
     if held[frames].all():  # keep some context
         held[frames[0]] = False
     return held

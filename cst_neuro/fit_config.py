@@ -54,7 +54,10 @@ class FitConfig:
     patience: PositiveInt = 10  # epochs without validation improvement before stopping
     max_minutes: NonNegativeReal = 10.0  # wall-clock budget; the epoch under way ends at it
     val_fraction: Annotated[Real, Field(ge=0, le=0.9)] = 0.1
-    val_block: PositiveInt = 4  # frames per validation block
+    # frames per validation block (and longest run of training queries); None: 1 when
+    # fine-tuning a prior (single held-out frames are the nearest a recording gets to the
+    # sub-frame queries the prior was made for), 4 from scratch
+    val_block: PositiveInt | None = None
     seed: NonNegativeInt = 0
     sobolev_k: NonNegativeInt = 2
     sobolev_p: Annotated[Real, Field(ge=1)] = 2.0
@@ -84,16 +87,21 @@ class FitConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def resolved_prior(self) -> str:
-        """``default``, ``none`` or a path: what this fit starts from."""
+    def resolved(self) -> FitConfig:
+        """This config with every "depends" setting decided: the prior (``default`` for a
+        mode that uses one), then the learning rate and validation blocks that go with it."""
         from cst_neuro.model.modes import get_mode
 
-        if self.prior is not None:
-            return self.prior
-        return "default" if get_mode(self.mode).uses_prior else "none"
-
-    def learning_rate(self, fine_tuning: bool) -> float:
-        return self.lr if self.lr is not None else (3e-4 if fine_tuning else 1e-3)
+        prior = self.prior
+        if prior is None:
+            prior = "default" if get_mode(self.mode).uses_prior else "none"
+        fine_tuning = prior != "none"
+        return dataclasses.replace(
+            self,
+            prior=prior,
+            lr=self.lr if self.lr is not None else (3e-4 if fine_tuning else 1e-3),
+            val_block=self.val_block if self.val_block is not None else (1 if fine_tuning else 4),
+        )
 
     def sobolev(self, step: float = 1.0) -> Any:
         """The Sobolev loss settings; derivatives measured per ``step`` time units (a frame)."""

@@ -170,7 +170,7 @@ def fit(
     model so far. With ``overwrite=False`` an ``output`` that appears meanwhile (another
     process) is left as is and the run ends in an OutputError.
     """
-    config = config or FitConfig()
+    config = (config or FitConfig()).resolved()
     output = check_output(output, CHECKPOINT, overwrite=overwrite)  # only a checkpoint is replaced
     mode = get_mode(config.mode)
     with process_group() as (rank, world):
@@ -183,7 +183,7 @@ def fit(
         split = TimeSplit.blocks(
             ds.sizes["time"],
             val_fraction=config.val_fraction,
-            block_frames=config.val_block,
+            block_frames=config.val_block or 1,
             seed=config.seed,
         )
         allowed = split.train & np.asarray(ds["valid"].values, bool)
@@ -203,7 +203,7 @@ def fit(
                 f"{windows.var}; nothing to fit",
             )
         fingerprint = data_fingerprint(windows.values)
-        prior = config.resolved_prior()
+        prior = config.prior or "none"
         model, model_config = _initial_model(mode, windows, config, prior)
         model = model.to(dev)
         val_batches = list(validation_batches(windows, split.val, config)) if rank == 0 else []
@@ -222,7 +222,7 @@ def fit(
             rank=rank,
             world=world,
             val_batches=val_batches,
-            lr=config.learning_rate(fine_tuning=prior != "none"),
+            lr=config.lr or 1e-3,
         )
         if resume:
             run.state = _resume(output, model, run.optimizer, run.rng, run.gen, fingerprint, rank)
