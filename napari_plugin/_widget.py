@@ -289,6 +289,7 @@ class CSTWidget(QWidget):
 
     def _bound(self, wanted: object, session: ScrubSession) -> None:
         if wanted is self._bind_wanted:
+            session.set_upsample(self.upsample_box.value())  # K may have changed meanwhile
             self.use_session(session)
             self._report_zero_shot(session)
 
