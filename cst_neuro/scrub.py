@@ -5,7 +5,9 @@ This module owns the Qt-free state behind the napari plugin's CST widget
 (all logic testable without Qt, the widget a thin shell). A ``ScrubSession`` binds a
 trained model (``cst_neuro.reconstruct.Reconstructor``, whose cached window contexts make
 each new sub-frame time one decoder pass per blended window) to a Recording and a
-sub-frame factor K:
+sub-frame factor K; ``ScrubSession.from_prior`` makes that model from the calcium prior
+zero-shot (``fit`` with ``max_epochs=0``: seconds), so a recording can be scrubbed before
+any training:
 
 - the time axis a slider walks: ``t0 + j / (K·fs)``, K positions per frame
   (``slider_times``);
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,9 +45,11 @@ import xarray as xr
 from torch import nn
 
 from cst_neuro.atomic import OutputKind, atomic_file, check_output
+from cst_neuro.blend import BlendSummary
 from cst_neuro.checkpoint import Checkpoint
 from cst_neuro.errors import InputError
 from cst_neuro.io.movie import MARK_KEY, tiff_mark
+from cst_neuro.prior import DEFAULT, NONE
 from cst_neuro.reconstruct import Reconstructor
 
 log = logging.getLogger(__name__)
@@ -118,7 +123,8 @@ class ScrubSession:
 
     ``model`` and ``checkpoint`` are what ``cst_neuro.checkpoint.load_model`` returns;
     frames and traces of samples the model was validated on (``checkpoint.data.val_frames``,
-    when ``ds`` holds the very data it was trained on) are marked as held out.
+    when ``ds`` holds the very data it was trained on) are marked as held out. A session
+    made by ``from_prior`` names its ``prior`` and the ``blend`` its zero-shot fit chose.
     """
 
     def __init__(
@@ -134,6 +140,8 @@ class ScrubSession:
         from cst_neuro.device import resolve_device
 
         self.model, self.checkpoint, self.ds = model, checkpoint, ds
+        self.prior: str | None = None  # the prior bound zero-shot (``from_prior``)
+        self.blend: BlendSummary | None = None  # its blend with linear interpolation
         self.device = resolve_device(device)
         self.reconstructor = Reconstructor(model, checkpoint, ds, device=self.device, cache_size=64)
         self.windows = self.reconstructor.windows
@@ -166,13 +174,46 @@ class ScrubSession:
         upsample: int = DEFAULT_UPSAMPLE,
         device: str = "cpu",
     ) -> ScrubSession:
-        """Load a model written by ``fit`` and bind it to ``ds`` (ΔF/F added if needed)."""
+        """Load a model written by ``fit`` and bind it to ``ds`` (ΔF/F added if needed); a
+        prior written by ``pretrain`` is bound to ``ds`` zero-shot (``from_prior``)."""
         from cst_neuro.checkpoint import checked_contents, load_model
 
+        if Checkpoint.load(path).kind == "prior":
+            return cls.from_prior(ds, path, upsample=upsample, device=device)
         model, checkpoint = load_model(path)
         ds = modelled_recording(ds)
         with checked_contents(path):
             return cls(model, checkpoint, ds, upsample=upsample, device=device)
+
+    @classmethod
+    def from_prior(
+        cls,
+        ds: xr.Dataset,
+        prior: str | os.PathLike[str] = DEFAULT,
+        *,
+        upsample: int = DEFAULT_UPSAMPLE,
+        device: str = "cpu",
+    ) -> ScrubSession:
+        """Bind a calcium prior (``default`` or a prior file) to ``ds`` zero-shot.
+
+        That is ``fit`` with ``max_epochs=0`` (the recording's normalisation, channel
+        descriptors and the blend with linear interpolation chosen on validation frames),
+        written to a temporary folder that is removed once the model is loaded, so a viewer
+        leaves no model file behind.
+        """
+        from cst_neuro.fit_config import FitConfig
+        from cst_neuro.train import fit
+
+        spec = os.fspath(prior)
+        if spec == NONE:
+            raise InputError(None, "prior = none binds nothing: train a model or load one")
+        ds = modelled_recording(ds)
+        config = FitConfig(max_epochs=0, prior=spec)
+        with tempfile.TemporaryDirectory(prefix="cst-neuro-zero-shot-") as folder:
+            result = fit(ds, Path(folder) / "zero-shot.pt", config=config, device=device)
+            session = cls.from_checkpoint(result.path, ds, upsample=upsample, device=device)
+        session.prior, session.blend = spec, result.blend
+        return session
 
     # ---- time ----------------------------------------------------------------------
 

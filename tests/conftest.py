@@ -87,6 +87,21 @@ def tiny_fit_config() -> Callable[..., Any]:
     return make
 
 
+@pytest.fixture(scope="session")
+def tiny_prior(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A calcium prior pretrained for three steps (seconds): plumbing, not accuracy."""
+    from cst_neuro.pretrain import PretrainConfig, pretrain
+
+    path = tmp_path_factory.mktemp("prior") / "p.pt"
+    config = PretrainConfig(
+        max_steps=3, validate_every=3, n_validation=4, batch_size=2, max_queries=32,
+        n_collocation=8, warmup_steps=1,
+        model={"d_model": 16, "n_heads": 2, "n_layers": 1, "n_decoder_layers": 1, "d_ff": 16},
+    )  # fmt: skip
+    pretrain(path, config=config)
+    return path
+
+
 @pytest.fixture(scope="module")
 def one_thread() -> Iterator[None]:
     """Tiny models are fastest on one torch thread (and shared CI cores make more thrash)."""

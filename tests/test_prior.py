@@ -14,24 +14,11 @@ import torch
 from cst_neuro.checkpoint import load_model
 from cst_neuro.errors import InputError
 from cst_neuro.fit_config import FitConfig
-from cst_neuro.pretrain import PretrainConfig, pretrain
 from cst_neuro.prior import default_prior_path, load_prior
 from cst_neuro.reconstruct import Reconstructor
 from cst_neuro.train import fit
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "prior.md"
-
-
-@pytest.fixture(scope="module")
-def tiny_prior(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("prior") / "p.pt"
-    config = PretrainConfig(
-        max_steps=3, validate_every=3, n_validation=4, batch_size=2, max_queries=32,
-        n_collocation=8, warmup_steps=1,
-        model={"d_model": 16, "n_heads": 2, "n_layers": 1, "n_decoder_layers": 1, "d_ff": 16},
-    )  # fmt: skip
-    pretrain(path, config=config)
-    return path
 
 
 def recording(n_rois: int, fs: float, n_frames: int, planes: int, seed: int = 0):

@@ -1,7 +1,9 @@
-"""Scrubbing sessions (Qt-free): slider times, frames at exact times, traces, exports."""
+"""Scrubbing sessions (Qt-free): slider times, frames at exact times, traces, exports, and
+the calcium prior bound zero-shot."""
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cst_neuro.errors import InputError, OutputError
+from cst_neuro.fit_config import FitConfig
 from cst_neuro.layers import roi_labels
 from cst_neuro.reconstruct import Reconstructor
 from cst_neuro.scrub import (
@@ -77,6 +80,34 @@ def test_frames_at_a_sub_frame_time_equal_the_model(traces) -> None:
     np.testing.assert_allclose(frames.difference, expected - raw, rtol=1e-4, atol=1e-5)
     later = session.frames_at(t + 1 / (K * ds.attrs["fs"]))
     assert not np.allclose(later.reconstruction, frames.reconstruction, equal_nan=True)
+
+
+def test_a_prior_is_bound_zero_shot_and_leaves_no_file(
+    traces, tiny_prior: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``from_prior`` (and ``from_checkpoint`` of a prior) scrub what ``fit`` with
+    ``max_epochs=0`` writes, from a temporary folder that is gone once they return."""
+    ds, _, _ = traces
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    zero_shot = FitConfig(max_epochs=0, prior=str(tiny_prior))
+    model = fit(ds, tmp_path / "zs.pt", config=zero_shot, device="cpu").path
+    fresh = Reconstructor.from_checkpoint(model, ds)
+    t = 4 / ds.attrs["fs"] + 1 / (K * ds.attrs["fs"])
+    expected = painted(ds, fresh.predict([t])[0, :, 0])
+    for session in (
+        ScrubSession.from_prior(ds, tiny_prior, upsample=K),
+        ScrubSession.from_checkpoint(tiny_prior, ds, upsample=K),
+    ):
+        assert session.prior == str(tiny_prior) and session.blend is not None
+        assert session.checkpoint.info["prior"] == "p.pt" and not session.checkpoint.history
+        recon = session.frames_at(t).reconstruction
+        np.testing.assert_allclose(recon, expected, rtol=1e-5, atol=1e-6)
+    assert list(scratch.iterdir()) == []
+    assert traces[2].prior is None and traces[2].blend is None  # a model from a file
+    with pytest.raises(InputError, match="prior = none binds nothing"):
+        ScrubSession.from_prior(ds, "none")
 
 
 @settings(max_examples=50, deadline=None)

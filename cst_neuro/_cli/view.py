@@ -19,13 +19,19 @@ def view(
         Path, typer.Argument(help="A zarr store written by cst-neuro, or any source ingest reads.")
     ],
     model: Annotated[
-        Path | None, typer.Option("--model", help="A model written by cst-neuro fit.")
+        Path | None,
+        typer.Option(
+            "--model",
+            help="A model written by cst-neuro fit (a prior from cst-neuro pretrain is bound "
+            "zero-shot). Default: the calcium prior, bound zero-shot once the window is open.",
+        ),
     ] = None,
     upsample: Annotated[
         int, typer.Option("-k", "--upsample", min=1, help="K: time-slider positions per frame.")
     ] = 4,
 ) -> None:
-    """Open a recording in napari; with --model, scrub its reconstruction between frames."""
+    """Open a recording in napari and scrub its reconstruction between frames: the calcium
+    prior's, zero-shot (Train in the widget refines it), or that of --model."""
     _widget = open_viewer(store, model, upsample=upsample)  # kept open until the app quits
     import napari
 
@@ -36,7 +42,8 @@ def open_viewer(store: Path, model: Path | None, *, upsample: int) -> Any:
     """A napari viewer showing ``store``'s layers; returns its docked CST widget.
 
     Everything that can fail on bad input (opening the recording, loading the model and
-    binding it to the recording) happens before any window opens.
+    binding it to the recording) happens before any window opens. Without a model the
+    widget binds the calcium prior in a worker (a failure is a line in the widget).
     """
     from cst_neuro.layers import open_for_viewing, recording_layers
     from cst_neuro.scrub import ScrubSession
@@ -57,6 +64,7 @@ def open_viewer(store: Path, model: Path | None, *, upsample: int) -> Any:
         viewer.add_layer(Layer.create(*layer))
     _, widget = viewer.window.add_plugin_dock_widget("cst-neuro", "CST scrubber")
     widget.add_recording(ds)
+    widget.upsample_box.setValue(upsample)  # K of the zero-shot binding, started after this
     if session is not None:
         widget.use_loaded(session, model)
     return widget

@@ -1,15 +1,18 @@
 """The CST dock widget in a real napari viewer (pytest-qt, under Xvfb via pytest-xvfb).
 
-Trains a tiny model in the widget (progress, live loss, cancel), loads one, scrubs between
-frames and checks the layers against an independent ``Reconstructor``, follows the trace
-plot, changes K, exports, and opens ``cst-neuro view``. Skipped like
-``test_napari_plugin.py`` when napari, pytest-qt or a display is missing.
+Scrubs a picked recording at once with a tiny calcium prior (standing in for the shipped
+one) and refines it with Train, reports failures in one line, trains a tiny model in the
+widget (progress, live loss, cancel), loads one (or a prior), scrubs between frames and
+checks the layers against an independent ``Reconstructor``, follows the trace plot,
+changes K, exports, and opens ``cst-neuro view``. Skipped like ``test_napari_plugin.py``
+when napari, pytest-qt or a display is missing.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -28,11 +31,13 @@ if sys.platform.startswith("linux") and not (
 
 import tifffile  # noqa: E402
 from napari.layers import Layer  # noqa: E402
+from napari.utils.notifications import notification_manager  # noqa: E402
 from qtpy.QtCore import QTimer  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from cst_neuro._cli.app import app  # noqa: E402
 from cst_neuro._cli.view import open_viewer  # noqa: E402
+from cst_neuro.fit_config import FitConfig  # noqa: E402
 from cst_neuro.layers import recording_layers, roi_labels  # noqa: E402
 from cst_neuro.reconstruct import Reconstructor  # noqa: E402
 from cst_neuro.scrub import ROLES, ScrubSession  # noqa: E402
@@ -44,7 +49,7 @@ from napari_plugin._widget import WIDGET_NAME  # noqa: E402
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:System theme detection:UserWarning"),
-    pytest.mark.usefixtures("one_thread"),
+    pytest.mark.usefixtures("one_thread", "shipped_prior"),
 ]
 
 MANIFEST = Path(__file__).resolve().parents[2] / "napari_plugin" / "napari.yaml"
@@ -65,6 +70,22 @@ def model(recording, tmp_path_factory, tiny_fit_config) -> Path:
     return path
 
 
+@pytest.fixture
+def shipped_prior(tiny_prior: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The tiny prior stands in for the shipped one, which the widget binds to recordings."""
+    monkeypatch.setattr("cst_neuro.prior.default_prior_path", lambda: tiny_prior)
+    return tiny_prior
+
+
+@pytest.fixture
+def scratch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The temporary folder (``tempfile.gettempdir()``) of this test."""
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
+
+
 def viewer_and_widget(make_napari_viewer, ds):
     viewer = make_napari_viewer()
     for layer in recording_layers(ds):
@@ -78,10 +99,22 @@ def wait_idle(qtbot, widget) -> None:
     qtbot.waitUntil(
         lambda: (
             (widget.worker is None or not widget.worker.is_running)
+            and not widget.binders
             and (widget.scrubber is None or not widget.scrubber.busy)
         ),
         timeout=TIMEOUT,
     )
+
+
+def assert_shows(qtbot, viewer, scrubber, t: float, model: Path, ds) -> None:
+    """At time ``t`` the reconstruction layer shows ``model``'s prediction (an independent
+    Reconstructor of the file)."""
+    viewer.dims.set_point(scrubber.time_axis, t)
+    qtbot.waitUntil(lambda: scrubber.shown is not None and scrubber.shown.time == t)
+    step = viewer.dims.current_step[scrubber.time_axis]
+    expected = painted(ds, Reconstructor.from_checkpoint(model, ds).predict([t])[0, :, 0])
+    recon = scrubber.layers["reconstruction"].data[step]
+    np.testing.assert_allclose(recon, expected, rtol=1e-5, atol=1e-6)
 
 
 def painted(ds, values: np.ndarray) -> np.ndarray:
@@ -105,7 +138,7 @@ def test_train_with_progress_and_cancel(
     widget.train(tiny_fit_config(max_epochs=3))
     assert widget.cancel_button.isEnabled() and not widget.train_button.isEnabled()
     widget.cancel()  # stops after the first epoch, keeping its model
-    qtbot.waitUntil(lambda: widget.scrubber is not None, timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: widget.result is not None, timeout=TIMEOUT)
     assert widget.result.stopped == "cancelled" and widget.result.epochs == 1
     assert widget.progress.value() == 1 and widget.progress.maximum() == 3
     assert widget.loss_label.text().startswith("epoch 1/3: training loss")
@@ -119,6 +152,107 @@ def test_train_with_progress_and_cancel(
         "raw",
         "difference",
     }
+    wait_idle(qtbot, widget)
+
+
+def test_a_picked_recording_is_scrubbed_with_the_prior_and_train_refines_it(
+    make_napari_viewer, qtbot, recording, scratch, tmp_path, tiny_fit_config
+) -> None:
+    viewer, widget = viewer_and_widget(make_napari_viewer, recording)
+    qtbot.waitUntil(lambda: widget.scrubber is not None and widget.scrubber.ready, timeout=TIMEOUT)
+    first, name, fs = widget.scrubber, recording.attrs["source_name"], recording.attrs["fs"]
+    assert first.session.prior == "default" and widget.prior_box.currentData() == "default"
+    assert widget.status.text() == (
+        f"scrubbing {name} with the calcium prior (default), zero-shot; Train refines it"
+    )
+    assert widget.loss_label.text() == first.session.blend.line()
+    zero_shot = fit(recording, tmp_path / "zs.pt", config=FitConfig(max_epochs=0), device="cpu")
+    t1, t2 = 30 / fs + 1 / (K * fs), 30 / fs + 2 / (K * fs)
+    assert_shows(qtbot, viewer, first, t1, zero_shot.path, recording)
+    wait_idle(qtbot, widget)
+    layers, n_layers = dict(first.layers), len(viewer.layers)
+
+    refined = tmp_path / "refined.pt"
+    widget.model_path.setText(str(refined))
+    widget.train(tiny_fit_config(prior="default", model={}, window=32))  # fine-tunes the prior
+    qtbot.waitUntil(lambda: widget.result is not None, timeout=TIMEOUT)
+    second = widget.scrubber
+    assert second is not first and second.session.prior is None
+    qtbot.waitUntil(lambda: second.ready, timeout=TIMEOUT)
+    assert second.layers == layers and len(viewer.layers) == n_layers  # the same objects
+    assert widget.status.text().startswith(
+        "trained 1 epochs from the calcium prior (default) (stopped: max-epochs)"
+    )
+    assert widget.status.text().splitlines()[1] == widget.result.blend.line()
+    assert_shows(qtbot, viewer, second, t2, refined, recording)
+    wait_idle(qtbot, widget)
+    assert list(scratch.rglob("*zero-shot*")) == []  # the zero-shot model file is gone
+
+
+def test_failures_are_one_line_in_the_widget(
+    make_napari_viewer, qtbot, recording, tiny_prior, tmp_path, monkeypatch
+) -> None:
+    """A missing prior or a recording too short for its windows: one line, no traceback
+    notification, the recording still viewable (and another prior can be chosen)."""
+    missing = tmp_path / "missing.pt"
+    monkeypatch.setattr("cst_neuro.prior.default_prior_path", lambda: missing)
+    notified: list[object] = []
+    monkeypatch.setattr(notification_manager, "receive_error", lambda *a: notified.append(a))
+    viewer, widget = viewer_and_widget(make_napari_viewer, recording)
+    n_layers = len(viewer.layers)
+    problem = f"error: {missing}: no such checkpoint file"
+    qtbot.waitUntil(lambda: widget.status.text() == problem, timeout=TIMEOUT)
+    assert widget.scrubber is None and len(viewer.layers) == n_layers
+    assert widget.train_button.isEnabled()
+
+    widget.status.clear()
+    widget.model_path.setText(str(tmp_path / "m.pt"))
+    widget.train()  # starts from the chosen (missing) prior too
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=TIMEOUT)
+    assert widget.status.text() == problem
+
+    widget.set_prior(str(tiny_prior))  # nothing scrubbed yet: bound to the new prior at once
+    assert widget.prior_box.currentText() == "p.pt"
+    qtbot.waitUntil(lambda: widget.scrubber is not None, timeout=TIMEOUT)
+    short = recording.isel(time=slice(0, 20)).assign_attrs(source_name="short")
+    widget.add_recording(short)
+    qtbot.waitUntil(lambda: widget.status.text().startswith("error:"), timeout=TIMEOUT)
+    assert widget.status.text() == (
+        "error: short: window of 32 frames does not fit a recording of 20 frames"
+    )
+    assert widget.scrubber.session.name == recording.attrs["source_name"]
+    wait_idle(qtbot, widget)
+    assert notified == []
+
+
+def test_closing_while_binding_leaves_nothing_behind(
+    make_napari_viewer, qtbot, recording, scratch
+) -> None:
+    viewer, widget = viewer_and_widget(make_napari_viewer, recording)
+    n_layers = len(viewer.layers)
+    qtbot.waitUntil(lambda: bool(widget.binders))
+    widget.close()
+    wait_idle(qtbot, widget)
+    qtbot.wait(50)
+    assert widget.scrubber is None and len(viewer.layers) == n_layers
+    assert list(scratch.rglob("*zero-shot*")) == []
+
+
+def test_a_prior_loaded_as_a_model_is_bound_zero_shot(
+    make_napari_viewer, qtbot, recording, tiny_prior
+) -> None:
+    _, widget = viewer_and_widget(make_napari_viewer, recording)
+    model_file = widget.model_path.text()
+    widget.load_model(tiny_prior)
+    qtbot.waitUntil(lambda: widget.scrubber is not None and widget.scrubber.ready, timeout=TIMEOUT)
+    assert widget.scrubber.session.prior == str(tiny_prior)
+    assert widget.prior == str(tiny_prior) and widget.prior_box.currentText() == "p.pt"
+    assert widget.model_path.text() == model_file  # Train never writes over the prior
+    name = recording.attrs["source_name"]
+    assert widget.status.text() == (
+        f"loaded {tiny_prior}: scrubbing {name} with the calcium prior (p.pt), zero-shot; "
+        "Train refines it"
+    )
     wait_idle(qtbot, widget)
 
 
@@ -281,6 +415,16 @@ def test_view_command_opens_store_and_model(qtbot, recording, model, tmp_path) -
         assert widget.recording_box.currentText() == recording.attrs["source_name"]
         assert widget.scrubber.session.held_out.any()  # the store holds the training data
         qtbot.waitUntil(lambda: widget.scrubber.shown is not None)
+        wait_idle(qtbot, widget)
+        assert not widget.binders  # the model took the place of the zero-shot binding
+    finally:
+        widget.viewer.close()
+    widget = open_viewer(store, None, upsample=3)  # the calcium prior, zero-shot
+    try:
+        assert widget.scrubber is None
+        qtbot.waitUntil(lambda: widget.scrubber is not None, timeout=TIMEOUT)
+        assert widget.scrubber.session.prior == "default"
+        assert widget.scrubber.session.upsample == 3
         wait_idle(qtbot, widget)
     finally:
         widget.viewer.close()
