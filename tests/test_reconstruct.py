@@ -47,7 +47,7 @@ def test_sub_frame_times_reuse_the_encoded_window(trained, monkeypatch) -> None:
     rec = Reconstructor.from_checkpoint(folder / "m.pt", ds)
     calls = []
     encode = rec.model.encode
-    monkeypatch.setattr(rec.model, "encode", lambda *a: calls.append(1) or encode(*a))
+    monkeypatch.setattr(rec.model, "encode", lambda *a, **k: calls.append(1) or encode(*a, **k))
     for k in range(8):  # eight positions between two frames: the two windows holding them
         rec.predict(np.array([3.0 + k / 160]))
     assert len(calls) == 2
@@ -115,7 +115,7 @@ def test_cli_fit_and_reconstruct(trained, tmp_path: Path) -> None:
         app, ["fit", str(store), "-o", str(model), "--config", str(config), "--max-epochs", "1"]
     )
     assert result.exit_code == 0, result.output
-    assert "1 epochs, stopped by max-epochs" in result.stdout
+    assert "1 epochs from prior none, stopped by max-epochs" in result.stdout
     again = runner.invoke(app, ["fit", str(store), "-o", str(model), "--max-epochs", "1"])
     assert again.exit_code == 2 and "already exists; pass --overwrite" in again.stderr
     times = tmp_path / "t.npy"
