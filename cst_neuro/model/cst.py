@@ -417,7 +417,7 @@ class CST(nn.Module):
         n_channels = self._n_channels(ids, embedded)
         x = self.embed_tokens(values, coords, ids, embedded, seconds)
         x = drop.dropout(x, self.config.dropout, self.training)
-        padding = key_padding(mask)
+        padding = None if mask is None or bool(mask.all()) else key_padding(mask)  # no copies
         if self.latent_embed is None:
             for block in self.encoder:
                 x = block(x, mask=padding)
