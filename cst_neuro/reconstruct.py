@@ -191,14 +191,15 @@ class Reconstructor:
     ) -> np.ndarray:
         """Normalised predictions (T, C, V) for frames × channels from one window."""
         w = self.windows
-        ff, cc = np.meshgrid(frames, chans, indexing="ij")  # (T, C)
+        cc, ff = np.meshgrid(chans, frames, indexing="ij")  # (C, T): a channel's queries together
         local = ff.ravel() - w.offsets_frames[cc.ravel()]  # sample time of each channel
         coords = torch.from_numpy(w.coords(local, cc.ravel(), start))[None].to(self.device)
         ids = torch.from_numpy(cc.ravel().astype(np.int64))[None].to(self.device)
         context = self.context(start, group)
         with self.cast:
             pred = self.mode.predict(self.model, context, coords, ids)
-        return pred[0].float().cpu().numpy().reshape(ff.shape[0], ff.shape[1], -1)
+        pred = pred[0].float().cpu().numpy().reshape(cc.shape[0], cc.shape[1], -1)
+        return pred.transpose(1, 0, 2)
 
     def as_image(self, values: np.ndarray) -> np.ndarray:
         """(T, patches, p²) grid predictions → (T, Y, X) images; traces pass as (T, C)."""
@@ -223,8 +224,9 @@ def _remember(cache: OrderedDict, key: Any, size: int, make: Any) -> Any:
     return cache[key]
 
 
-def _finite_images(rec: Reconstructor, times: np.ndarray) -> np.ndarray:
-    """Images of predictions at ``times``; InputError rather than NaN where a value was asked."""
+def _finite_images(rec: Reconstructor, times: np.ndarray, bar: Any = None) -> np.ndarray:
+    """Images of predictions at ``times``; InputError rather than NaN where a value was asked.
+    A progress ``bar`` counts the values computed."""
     images = rec.as_image(rec.predict(times))
     if not np.isfinite(images).all():
         raise InputError(
@@ -232,6 +234,11 @@ def _finite_images(rec: Reconstructor, times: np.ndarray) -> np.ndarray:
             f"the model gives no finite value between {times[0]:g} and {times[-1]:g} s "
             "(a window without observed samples?); nothing was written",
         )
+    if bar is not None:
+        with bar.get_lock():  # blocks finish on dask's threads
+            bar.update(images.size)
+            if bar.n >= bar.total:
+                bar.close()
     return images
 
 
@@ -304,8 +311,14 @@ def reconstruct(
     *,
     upsample: int | None = None,
     times: np.ndarray | None = None,
+    progress: bool = False,
 ) -> xr.Dataset:
-    """A lazy Recording of the model's predictions at ``times`` (or K× the frame rate)."""
+    """A lazy Recording of the model's predictions at ``times`` (or K× the frame rate).
+
+    With ``progress``, a bar counts the values as the blocks are computed (when the
+    Dataset is written): blocks are equal in size and cost, so its average rate since the
+    start gives a steady estimate of the time left.
+    """
     import dask
     import dask.array as da
 
@@ -315,10 +328,16 @@ def reconstruct(
         log.warning("some query times lie outside the recording: those are extrapolations")
     rec = reconstructor
     first = rec.as_image(rec.predict(out_t[:1]))
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        total = out_t.size * int(np.prod(first.shape[1:]))
+        bar = tqdm(total=total, desc="reconstruct", unit="value", unit_scale=True, smoothing=0)
     blocks = []
     for s in range(0, out_t.size, BLOCK_TIMES):
         chunk = out_t[s : s + BLOCK_TIMES]
-        block = dask.delayed(_finite_images)(rec, chunk)
+        block = dask.delayed(_finite_images)(rec, chunk, bar)
         blocks.append(da.from_delayed(block, (chunk.size, *first.shape[1:]), np.float32))
     values = da.concatenate(blocks, axis=0)
     if upsample is not None:

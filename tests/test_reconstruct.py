@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+import xarray as xr
 from typer.testing import CliRunner
 
 from cst_neuro._cli.app import app
@@ -47,7 +49,7 @@ def test_sub_frame_times_reuse_the_encoded_window(trained, monkeypatch) -> None:
     rec = Reconstructor.from_checkpoint(folder / "m.pt", ds)
     calls = []
     encode = rec.model.encode
-    monkeypatch.setattr(rec.model, "encode", lambda *a: calls.append(1) or encode(*a))
+    monkeypatch.setattr(rec.model, "encode", lambda *a, **k: calls.append(1) or encode(*a, **k))
     for k in range(8):  # eight positions between two frames: the two windows holding them
         rec.predict(np.array([3.0 + k / 160]))
     assert len(calls) == 2
@@ -68,6 +70,58 @@ def test_reconstruction_is_continuous_across_frames_and_windows(trained) -> None
         total[rows] += weight
         assert np.all(weight > 0)
     assert np.all(total > 0.5)
+
+
+def _grid_recording(rng: np.random.Generator) -> xr.Dataset:
+    """60 frames of a 10 × 13 grid: 2 × 3 patches of 4, edge pixels trimmed."""
+    from cst_neuro.schema import new_recording
+
+    grid = rng.normal(size=(60, 10, 13)).astype(np.float32)
+    return new_recording(
+        {"grid": (("time", "y", "x"), grid)},
+        time=np.arange(60) / 10.0,
+        fs=10.0,
+        source_format="test",
+        source_name="g",
+        coords={"y": np.arange(10.0), "x": np.arange(13.0)},
+    )
+
+
+@pytest.mark.parametrize("case", ["traces", "grid", "no latents"])
+def test_inference_gives_the_training_paths_predictions(
+    trained, case: str, tmp_path: Path, rng, monkeypatch
+) -> None:
+    """Reconstruction decodes queries grouped by channel (`CST.decode` without gradients);
+    the same predictions through the jet path that training uses agree to 1e-5."""
+    folder, _, ds = trained
+    path = folder / "m.pt"
+    if case != "traces":
+        ds = _grid_recording(rng) if case == "grid" else ds
+        model = TINY if case == "grid" else {**TINY, "n_latent_times": 0}
+        path = tmp_path / "m.pt"
+        fit(ds, path, config=FitConfig(**CONFIG, model=model))
+    rec = Reconstructor.from_checkpoint(path, ds)
+    times = np.linspace(-0.3, float(ds["time"].values[-1]) + 0.2, 37)
+    fast = rec.predict(times)
+    decode = rec.model.decode
+
+    def jet_path(*args, **kwargs):  # decode takes the jet path when gradients are on
+        with torch.enable_grad():
+            return decode(*args, **kwargs).detach()
+
+    monkeypatch.setattr(rec.model, "decode", jet_path)
+    reference = rec.predict(times)
+    scale = np.abs(reference).max()
+    np.testing.assert_allclose(fast, reference, rtol=1e-5, atol=1e-5 * scale)
+
+
+def test_reconstruct_counts_its_values_on_a_bar(trained, tmp_path: Path, capsys) -> None:
+    folder, _, ds = trained
+    rec = Reconstructor.from_checkpoint(folder / "m.pt", ds)
+    write_recording(reconstruct(rec, ds, upsample=2, progress=True), tmp_path / "up.zarr")
+    err = capsys.readouterr().err
+    n = (2 * ds.sizes["time"] - 1) * ds.sizes["roi"]
+    assert "reconstruct: 100%" in err and f"/{n / 1e3:.2f}k [" in err and "<00:00" in err
 
 
 def test_upsampled_reconstruction(trained, tmp_path: Path) -> None:
@@ -115,7 +169,7 @@ def test_cli_fit_and_reconstruct(trained, tmp_path: Path) -> None:
         app, ["fit", str(store), "-o", str(model), "--config", str(config), "--max-epochs", "1"]
     )
     assert result.exit_code == 0, result.output
-    assert "1 epochs, stopped by max-epochs" in result.stdout
+    assert "1 epochs from prior none, stopped by max-epochs" in result.stdout
     again = runner.invoke(app, ["fit", str(store), "-o", str(model), "--max-epochs", "1"])
     assert again.exit_code == 2 and "already exists; pass --overwrite" in again.stderr
     times = tmp_path / "t.npy"
@@ -171,17 +225,9 @@ def test_reconstruction_names_its_source(trained) -> None:
 
 def test_grid_reconstruction_inverts_the_patch_view(tmp_path: Path, rng) -> None:
     from cst_neuro.data import channel_view
-    from cst_neuro.schema import new_recording
 
-    grid = rng.normal(size=(60, 10, 13)).astype(np.float32)  # 2 x 3 patches of 4, edges trimmed
-    ds = new_recording(
-        {"grid": (("time", "y", "x"), grid)},
-        time=np.arange(60) / 10.0,
-        fs=10.0,
-        source_format="test",
-        source_name="g",
-        coords={"y": np.arange(10.0), "x": np.arange(13.0)},
-    )
+    ds = _grid_recording(rng)
+    grid = ds["grid"].values
     fit(ds, tmp_path / "g.pt", config=FitConfig(**CONFIG, model=TINY))
     rec = Reconstructor.from_checkpoint(tmp_path / "g.pt", ds)
     patches = channel_view(ds, "grid", patch=4).values  # (T, 6, 16)

@@ -120,8 +120,8 @@ def reconstruct(
     rec = Reconstructor.from_checkpoint(
         model, ds, device=resolve_device(device.value), precision=precision.value
     )
-    out = run_reconstruct(rec, ds, upsample=upsample, times=query)
-    write_recording(out, output, overwrite=overwrite, progress=True)
+    out = run_reconstruct(rec, ds, upsample=upsample, times=query, progress=True)
+    write_recording(out, output, overwrite=overwrite)
     typer.echo(f"wrote {output} ({out.sizes['time']} times at {out.attrs['fs']:g} Hz)")
 
 

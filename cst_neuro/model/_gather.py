@@ -108,6 +108,7 @@ class ChannelGroups:
     members: Tensor  # (G·S,) query (flat over B·Q) in each group slot; spare slots read query 0
     slots: Tensor  # (B·Q,) each query's slot
     size: int  # S
+    in_order: bool = False  # members are 0, 1, ..., B·Q - 1: queries come grouped already
 
     @classmethod
     def of(cls, ids: Tensor, cache_batch: int, n_ids: int, row_tokens: int) -> ChannelGroups:
@@ -138,7 +139,29 @@ class ChannelGroups:
         slots = (first_group[row] + rank // size) * size + rank % size
         members = torch.zeros(int(chunks.sum()) * size, dtype=torch.long, device=ids.device)
         members[slots] = position
-        return cls(rows, members, slots, size)
+        in_order = members.shape == position.shape and bool(torch.equal(members, position))
+        return cls(rows, members, slots, size, in_order)
+
+    def group_rows(self, n_rows: int) -> Tensor:
+        """(G,) the cache row of each group, out of `n_rows` (all rows when `rows` is None)."""
+        if self.rows is not None:
+            return self.rows
+        return torch.arange(n_rows, device=self.members.device)
+
+    def arrange(self, t: Tensor) -> Tensor:
+        """Per-query (B, Q, ...) -> per group slot (G, S, ...): each group a batch row."""
+        flat = t.reshape(-1, *t.shape[2:])
+        if not self.in_order:
+            flat = flat.index_select(0, self.members)
+        return flat.view(-1, self.size, *t.shape[2:])
+
+    def restore(self, t: Tensor, batch: int) -> Tensor:
+        """Per group slot (K+1, G, S, ...) -> per query (K+1, batch, Q, ...); drops spare slots."""
+        K1, rest = t.shape[0], t.shape[3:]
+        flat = t.reshape(K1, -1, *rest)
+        if not self.in_order:
+            flat = flat.index_select(1, self.slots)
+        return flat.view(K1, batch, -1, *rest)
 
     def rows_of(self, table: Tensor) -> Tensor:
         """The groups' rows (H, G, ...) of a per-row table (H, rows, ...)."""
@@ -156,10 +179,23 @@ class ChannelGroups:
 
 @dataclass
 class LocalKeys:
-    """Keys, values, bias jet and mask of keys that each query has for itself."""
+    """Keys, values, bias jet and mask of keys that each query has for itself.
+
+    With `groups` None the queries are arranged by group (`ChannelGroups.arrange`): batch
+    row g holds group g's queries, `k`, `v` are each row's own keys, and the attention's
+    bias covers them (`CrossBlock.joint_bias`); `bias` and `mask` are then unused.
+    """
 
     k: Tensor  # (H, G, M, D/H): keys of each group's channel, see `ChannelGroups`
     v: Tensor  # (H, G, M, D/H)
-    groups: ChannelGroups
+    groups: ChannelGroups | None
     bias: Tensor | None  # (K+1, B, H, Q, M)
-    mask: Tensor  # (B, 1, Q, M) True = attend
+    mask: Tensor  # (B, 1, Q or 1, M) True = attend
+
+    def joined(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Common keys and values (B or 1, H, N, D/H) followed by each batch row's own
+        (`groups` None): (B, H, N + M, D/H) each."""
+        B = self.k.shape[1]
+        keys = torch.cat([k.expand(B, -1, -1, -1), self.k.transpose(0, 1)], 2)
+        values = torch.cat([v.expand(B, -1, -1, -1), self.v.transpose(0, 1)], 2)
+        return keys, values

@@ -81,6 +81,7 @@ from cst_neuro.model.layers import (
 Interpolant = Literal["none", "linear"]
 INTERPOLANTS: tuple[str, ...] = ("none", "linear")
 FRAME_RESOLUTION = 6.0  # radians per frame beyond which time features fade (a sixth of a turn)
+QUERY_BLOCK = 4096  # queries per decoder pass at inference (`CST.decode`)
 
 
 @dataclass
@@ -162,8 +163,11 @@ class Readout(nn.Module):
         K1, B, Q = x.shape[:3]
         V, r = self.value_dim, self.rank
         a = F.linear(x, self.query.weight).view(K1, B, Q, V, V, r)
-        keys = (keys * valid[..., None].to(keys.dtype)).expand(B, Q, -1, r)
-        weights = torch.einsum("kbqvur,bqmr->kbqmvu", a, keys)
+        keys = keys * valid[..., None].to(keys.dtype)
+        if keys.shape[1] == 1 and values.shape[1] == 1:  # keys shared by the row's queries
+            weights = torch.einsum("kbqvur,bmr->kbqmvu", a, keys[:, 0])
+            return torch.einsum("kbqmvu,bmu->kbqv", weights, values[:, 0])
+        weights = torch.einsum("kbqvur,bqmr->kbqmvu", a, keys.expand(B, Q, -1, r))
         return torch.einsum("kbqmvu,bqmu->kbqv", weights, values.expand(B, Q, -1, V))
 
 
@@ -413,7 +417,7 @@ class CST(nn.Module):
         n_channels = self._n_channels(ids, embedded)
         x = self.embed_tokens(values, coords, ids, embedded, seconds)
         x = drop.dropout(x, self.config.dropout, self.training)
-        padding = key_padding(mask)
+        padding = None if mask is None or bool(mask.all()) else key_padding(mask)  # no copies
         if self.latent_embed is None:
             for block in self.encoder:
                 x = block(x, mask=padding)
@@ -473,11 +477,32 @@ class CST(nn.Module):
         return ids.shape[1] if ids.device.type == "meta" else int(ids.max()) + 1
 
     def decode(self, context: Context, coords: Tensor, ids: Tensor | None = None) -> Tensor:
-        """Predictions (B, Q, V) at query coordinates (B, Q, C) with channels (B, Q)."""
+        """Predictions (B, Q, V) at query coordinates (B, Q, C) with channels (B, Q).
+
+        Without gradients (inference) from a one-window context with own-channel tokens, the
+        queries are first arranged one channel group per batch row (`ChannelGroups.arrange`):
+        each decoder layer then attends to [latents ; the group's own tokens] in one fused
+        kernel, and per-channel tables are read once per group instead of once per query.
+        Queries that arrive grouped (all of a channel's in a row) are arranged without a copy,
+        and they are decoded `QUERY_BLOCK` at a time, so that each layer's temporaries stay
+        in the CPU's cache (and below the size glibc maps afresh, page by page, per call).
+        """
         check_coords(self.config, coords, "query coords")
         check_ids(self.config, ids, coords.shape[:2], "query ids", optional=True)
-        x = self.embed_coords(coords, context.frame_seconds)[None]
-        return self._decode_jet(context, x, ids, coords, None)[0]
+        cache = context.tokens
+        if torch.is_grad_enabled() or cache is None or ids is None or cache.valid.shape[0] != 1:
+            x = self.embed_coords(coords, context.frame_seconds)[None]
+            return self._decode_jet(context, x, ids, coords, None)[0]
+        groups = ChannelGroups.of(ids, 1, context.n_channels, cache.valid.shape[-1])
+        rows = groups.group_rows(context.n_channels)
+        grouped_coords, grouped_ids = groups.arrange(coords), groups.arrange(ids)  # (G, S, ...)
+        per = max(1, QUERY_BLOCK // groups.size)  # groups per decoder pass
+        parts = []
+        for g in range(0, rows.shape[0], per):
+            at, at_ids = grouped_coords[g : g + per], grouped_ids[g : g + per]
+            x = self.embed_coords(at, context.frame_seconds)[None]
+            parts.append(self._decode_jet(context, x, at_ids, at, None, rows[g : g + per]))
+        return groups.restore(torch.cat(parts, 1), coords.shape[0])[0]
 
     def decode_derivatives(
         self,
@@ -521,9 +546,11 @@ class CST(nn.Module):
         ids: Tensor | None,
         coords: Tensor,
         direction: Tensor | None,
+        rows: Tensor | None = None,
     ) -> Tensor:
         """Query-embedding jet (K+1, B, Q, D) at coords (B, Q, C) moving along direction
-        (B, Q, C; None for order 0) -> prediction jet (K+1, B, Q, V)."""
+        (B, Q, C; None for order 0) -> prediction jet (K+1, B, Q, V). With `rows` (B,)
+        (order 0), the queries of batch row b all read own-channel row rows[b] (`decode`)."""
         order, B = x.shape[0] - 1, x.shape[1]
         if context.memory.shape[0] not in (1, B):
             raise ValueError(f"context has batch size {context.memory.shape[0]}, queries {B}")
@@ -536,41 +563,46 @@ class CST(nn.Module):
         memory_coords = None if context.coords is None else context.coords.expand(B, -1, -1)
         memory_ids = None if context.ids is None else context.ids.expand(B, -1)
         cache = context.tokens
-        own: tuple[Tensor, Tensor, ChannelGroups] | None = None
-        if cache is not None:  # each query's own channel: M tokens per query
+        own: tuple[Tensor, Tensor, Tensor] | None = None
+        groups: ChannelGroups | None = None
+        if cache is not None:  # each query's own channel: M tokens per query, or per row
             if ids is None:
                 raise ValueError("a context with own-channel tokens needs query ids")
-            own = (
-                by_query(cache.coords, ids),  # (B, Q, M, C)
-                by_query(cache.valid, ids)[:, None],  # (B, 1, Q, M)
-                ChannelGroups.of(
+            if rows is None:
+                groups = ChannelGroups.of(
                     ids, cache.valid.shape[0], context.n_channels, cache.valid.shape[-1]
-                ),
+                )
+            lookup = ids if rows is None else rows[:, None]  # (B, Q), or (B, 1) by row
+            own = (
+                lookup,
+                by_query(cache.coords, lookup),  # (B, Q or 1, M, C)
+                by_query(cache.valid, lookup)[:, None],  # (B, 1, Q or 1, M)
             )
         dims = 1 if context.time_only else None
         for i, (block, (k, v)) in enumerate(zip(self.blocks(), context.kv, strict=True)):
             bias = None
-            if block.bias is not None and memory_coords is not None:
+            if rows is None and block.bias is not None and memory_coords is not None:
                 bias = block.bias(coords, memory_coords, direction, order, ids, memory_ids, dims)
             local = None
             if own is not None and cache is not None and block.local_bias is not None:
-                own_coords, own_mask, groups = own
-                kt, vt = (groups.rows_of(t) for t in cache.kv[i])
-                local = LocalKeys(
-                    kt,
-                    vt,
-                    groups,
-                    block.local_bias(coords, own_coords, direction, order, dims=1),
-                    own_mask,
-                )
+                lookup, own_coords, own_mask = own
+                if groups is None:  # arranged by row: one bias for [latents ; own tokens]
+                    assert memory_coords is not None  # the latents' times
+                    kt, vt = (t.index_select(1, lookup[:, 0]) for t in cache.kv[i])
+                    bias = block.joint_bias(coords, memory_coords, own_coords, own_mask)
+                    local = LocalKeys(kt, vt, None, None, own_mask)
+                else:
+                    kt, vt = (groups.rows_of(t) for t in cache.kv[i])
+                    own_bias = block.local_bias(coords, own_coords, direction, order, dims=1)
+                    local = LocalKeys(kt, vt, groups, own_bias, own_mask)
             x = block(x, k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1), mask, bias, local)
         x = taylor.layer_norm(x, self.ln_out.weight, self.ln_out.bias, self.ln_out.eps)
         out = taylor.linear(x, self.head.weight, self.head.bias)
         if self.config.interpolant == "none":
             return out
         if own is not None and cache is not None and ids is not None:
-            key_times, key_valid = own[0][..., 0], own[1][:, 0]
-            key_values = by_query(cache.values, ids)
+            key_times, key_valid = own[1][..., 0], own[2][:, 0]
+            key_values = by_query(cache.values, own[0])
         else:  # the memory is the observed tokens themselves
             if context.values is None or context.coords is None:
                 raise ValueError("the interpolant needs the context's observed values")
@@ -593,10 +625,11 @@ class CST(nn.Module):
             gain = gain + self.channel_gain(ids)
         out = out + base * gain
         if self.readout is not None:
-            if cache is not None and ids is not None:  # once per channel, then per query
-                key_coords = cache.coords.to(out.dtype)
+            if own is not None and cache is not None:  # once per channel (or row), not query
+                key_coords = (cache.coords if groups is not None else own[1]).to(out.dtype)
                 keys = self.readout.key(self.embed_coords(key_coords, context.frame_seconds))
-                keys = by_query(keys, ids)
+                if groups is not None:
+                    keys = by_query(keys, own[0])
             elif context.coords is not None:
                 key_coords = context.coords[:, None].to(out.dtype)
                 keys = self.readout.key(self.embed_coords(key_coords, context.frame_seconds))

@@ -241,24 +241,29 @@ class Attention(nn.Module):
 
         `bias` is a jet (K+1, B, H, Q, N) added to the scores (its order-0 part alone when
         x has order 0). `local` adds keys of each query's own (B, Q, H, M, D/H), sharing
-        one softmax with the N common keys.
+        one softmax with the N common keys. Plain values (order 0) take the fast kernel,
+        with own keys when the queries are arranged one channel group per batch row.
         """
         q = self.split_heads(taylor.linear(x, self.q.weight, self.q.bias))  # (K+1, B, H, Q, hd)
-        if x.shape[0] == 1 and local is None:  # plain values: the fast kernel
+        if x.shape[0] == 1 and (local is None or local.groups is None):
             bias = None if bias is None else bias.squeeze(0)  # views: no zero-filled gradients
+            if local is not None:  # [common keys ; the row's own keys]: `bias` covers both
+                k, v = local.joined(k, v)
             y = self.attend(q.squeeze(0), k, v, mask, bias).unsqueeze(0)
         else:
             scale = 1.0 / math.sqrt(k.shape[-1])
             scores = _masked_jet((q @ k.transpose(-2, -1)) * scale, bias, mask)
             n = scores.shape[-1]
+            groups = None if local is None else local.groups
             if local is not None:
-                own = local.groups.matmul(q, local.k.transpose(-2, -1)) * scale
+                assert groups is not None  # arranged queries have order 0: the branch above
+                own = groups.matmul(q, local.k.transpose(-2, -1)) * scale
                 scores = torch.cat([scores, _masked_jet(own, local.bias, local.mask)], -1)
             p = taylor.dropout(taylor.softmax(scores), self.attn_dropout, self.training)
             common, own_p = p.split([n, p.shape[-1] - n], -1)
             y = common @ v  # (K+1, B, H, Q, hd)
-            if local is not None:
-                y = y + local.groups.matmul(own_p, local.v)
+            if local is not None and groups is not None:
+                y = y + groups.matmul(own_p, local.v)
         y = taylor.linear(self.merge_heads(y), self.proj.weight, self.proj.bias)
         return taylor.dropout(y, self.dropout, self.training)
 
@@ -340,7 +345,8 @@ class CoordBias(nn.Module):
             jet.append(_by_head(delta * u, -2 * gamma))
         if order >= 2:
             jet.append(_by_head(u * u, -gamma).expand_as(jet[0]))
-        jet += [torch.zeros_like(jet[0])] * (order - 2)
+        if order > 2:
+            jet += [torch.zeros_like(jet[0])] * (order - 2)
         out = jet[0][None] if order == 0 else torch.stack(jet)  # (K+1, B, H, Q, N)
         if self.id_weight is not None and ids is not None and key_ids is not None:
             same = (ids[:, :, None] == key_ids[:, None, :]).to(out.dtype)  # (B, Q, N)
@@ -426,6 +432,25 @@ class CrossBlock(nn.Module):
         self.local_kv = nn.Linear(D, 2 * D) if local else None
         # a query and its own channel's tokens share a place: only time tells them apart
         self.local_bias = CoordBias(H, 1, False, window) if local else None
+
+    def joint_bias(
+        self, coords: Tensor, key_coords: Tensor, own_coords: Tensor, own_valid: Tensor
+    ) -> Tensor:
+        """Order-0 bias (1, B, H, Q, N + M) of queries (B, Q, C) against common keys at
+        (B, N, C) and then each batch row's own keys at (B, 1, M, C), -inf where own_valid
+        (B, 1, 1, M) is False: `bias` and `local_bias` in one tensor, entry for entry the
+        values they give, written once (the common keys are latents: a time and no ids)."""
+        assert self.bias is not None and self.local_bias is not None
+        assert self.bias.id_weight is None  # a decoder reading latents has no identities
+        N, M = key_coords.shape[1], own_coords.shape[2]
+        key_times = torch.cat([key_coords[..., 0], own_coords[:, 0, :, 0]], 1)  # (B, N + M)
+        gamma = torch.cat(
+            [self.bias.log_gamma[:, :1].expand(-1, N), self.local_bias.log_gamma.expand(-1, M)], 1
+        ).exp()  # (H, N + M)
+        delta = coords[:, :, None, 0] - key_times[:, None, :]  # (B, Q, N + M)
+        out = (delta * delta)[:, None] * -gamma.to(coords.dtype)[:, None, :]  # (B, H, Q, N + M)
+        out[..., N:].masked_fill_(~own_valid, float("-inf"))
+        return out[None]
 
     def forward(
         self,

@@ -68,3 +68,34 @@ def test_by_query_reads_each_querys_row_of_a_shared_or_batched_table() -> None:
     ]
     shared = by_query(table[:1], ids)
     assert shared[1, 0].tolist() == table[0, 1].tolist()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    batch=st.integers(1, 3),
+    n_queries=st.integers(1, 12),
+    n_ids=st.integers(1, 5),
+    row_tokens=st.sampled_from([1, 24]),
+    grouped=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_arranged_queries_are_their_groups_rows_and_restore_in_order(
+    batch: int, n_queries: int, n_ids: int, row_tokens: int, grouped: bool, seed: int
+) -> None:
+    """Each arranged batch row holds queries of its group's row only; restoring gives every
+    query back in place; queries that arrive grouped are arranged without a copy."""
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, n_ids, (batch, n_queries), generator=gen)
+    if grouped:
+        ids = ids.flatten().sort().values.view(batch, n_queries)
+    groups = ChannelGroups.of(ids, 1, n_ids, row_tokens)
+    arranged = groups.arrange(ids)  # (G, S)
+    rows = groups.group_rows(n_ids)
+    position = torch.arange(batch * n_queries).view(batch, n_queries)
+    slots = groups.arrange(position).flatten()
+    real = torch.zeros(slots.shape, dtype=torch.bool)
+    real[groups.slots] = True  # the others are spare slots
+    assert (arranged.flatten()[real] == rows.repeat_interleave(groups.size)[real]).all()
+    assert torch.equal(groups.restore(arranged[None], batch)[0], ids)
+    if grouped and groups.members.numel() == ids.numel():
+        assert groups.in_order and arranged.data_ptr() == ids.data_ptr()
