@@ -10,9 +10,16 @@ All in one run, on the same data and threads:
    matrix-multiply peak, measured here with large torch.mm calls before and after the
    model runs (the larger of the two, so a slow moment cannot flatter the fraction);
 3. latency of one sub-frame frame from cached contexts (a decode in each of the two
-   overlapping windows that hold the time): 1,000 ROIs, and a 128×128 grid (4×4 patches).
+   overlapping windows that hold the time): 1,000 ROIs, and a 128×128 grid (4×4 patches);
+4. precision and compilation: the Sobolev training step and a decoder query (1,000 ROIs)
+   as fp32 eager, bf16 autocast and fp32 ``torch.compile``, in tokens (queries) per second
+   and as a fraction of the matching matmul peak (fp32 and bf16 peaks measured here).
+   bf16 runs where the CPU multiplies bf16 in hardware (``device.cpu_has_bf16``: AVX-512
+   BF16 or AMX) or with ``--bf16``; elsewhere its peak is still measured and the rows say
+   why they were skipped (emulated bf16 is ~100x slower than fp32). Compiling runs only
+   with ``--compile``: on a 2-core machine one training step took over 800 s to compile.
 
-    python benchmarks/bench_model.py --threads 2
+    python benchmarks/bench_model.py --threads 2 [--bf16] [--compile]
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from cst_neuro.data import ChannelWindows, sample_batch
+from cst_neuro.device import cpu_has_bf16
 from cst_neuro.fit_config import FitConfig
 from cst_neuro.model.cst import CST, CSTConfig
 from cst_neuro.model.modes import get_mode
@@ -57,9 +65,9 @@ def timed(fn, repeats: int) -> float:
     return timed_together([fn], repeats)[0]
 
 
-def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
-    """fp32 FLOP/s of torch.mm on n×n matrices (the machine's practical peak)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_peak(n: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.float32) -> float:
+    """FLOP/s of torch.mm on n×n matrices of ``dtype`` (the machine's practical peak)."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     return 2 * n**3 / timed(lambda: torch.mm(a, b), repeats)
 
 
@@ -123,26 +131,76 @@ def model_flops(windows, config_kw) -> tuple[float, int]:
     return counter.get_total_flops(), int(ctx.mask.sum() + qry.mask.sum())
 
 
-def query_latency(n_channels_grid: tuple[int, int] | None, n_rois: int, repeats: int) -> float:
+def precision_rows(
+    windows, config_kw: dict, repeats: int, variants: list[str], peaks: dict[str, float]
+) -> dict[str, dict[str, float]]:
+    """Training-step and decoder-query throughput of each variant (fp32, bf16, compiled)."""
+    from cst_neuro.device import autocast
+
+    cpu = torch.device("cpu")
+    config = FitConfig(mode="cst", sobolev_k=2, **config_kw)
+    ctx, qry = sample_batch(windows, windows.starts(), config, np.random.default_rng(1))
+    tokens = int(ctx.mask.sum() + qry.mask.sum())
+    flops, _ = model_flops(windows, dict(config_kw, sobolev_k=2))
+    decoder, (context, _), query, query_ids = decoder_setup(1000)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        decoder.decode(context, query, query_ids)
+    decode_flops = counter.get_total_flops()
+    rows = {}
+    for variant in variants:
+        torch.manual_seed(0)
+        model = CST(CSTConfig(value_dim=1, n_ids=windows.n_channels, n_latent_times=16))
+        step = TrainStep(model, get_mode("cst"), config.sobolev())
+        decode = decoder.decode
+        if variant == "compiled":
+            step = torch.compile(step, dynamic=False)
+            decode = torch.compile(decoder.decode, dynamic=False)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        gen = torch.Generator().manual_seed(0)
+        cast = autocast(cpu, "bf16" if variant == "bf16" else "fp32")
+
+        def train(step=step, opt=opt, gen=gen, cast=cast) -> None:
+            opt.zero_grad()
+            with cast:
+                loss = step(ctx, qry, gen)
+            loss.backward()
+            opt.step()
+
+        def query_frame(decode=decode, cast=cast) -> None:
+            with torch.no_grad(), cast:
+                decode(context, query, query_ids)
+
+        step_s, query_s = timed_together([train, query_frame], repeats)
+        peak = peaks["bf16" if variant == "bf16" else "fp32"]
+        rows[variant] = {
+            "train_tokens_per_s": round(tokens / step_s),
+            "train_fraction_of_peak": round(flops / step_s / peak, 3),
+            "query_per_s": round(query.shape[1] / query_s),
+            "query_fraction_of_peak": round(decode_flops / query_s / peak, 3),
+        }
+    return rows
+
+
+def decoder_setup(n_channels: int, value_dim: int = 1):
+    """A default network, the cached contexts of two overlapping windows of ``n_channels``
+    × 32 observed tokens, and one query per channel: (model, contexts, coords, ids)."""
+    torch.manual_seed(0)
+    model = CST(CSTConfig(value_dim=value_dim, n_ids=n_channels)).eval()
+    n_ctx = n_channels * 32
+    values, ids = torch.randn(1, n_ctx, value_dim), torch.randint(0, n_channels, (1, n_ctx))
+    coords, query = torch.rand(1, n_ctx, 3), torch.rand(1, n_channels, 3)
+    with torch.no_grad():
+        contexts = [model.encode(v, coords, ids) for v in (values, values.roll(1, dims=1))]
+    return model, contexts, query, torch.arange(n_channels)[None]
+
+
+def query_latency(n_channels: int, value_dim: int, repeats: int) -> float:
     """Seconds to decode one sub-frame frame (all channels) from cached contexts: a decode
     in each of the two overlapping windows that hold the time (reconstruction blends them)."""
-    torch.manual_seed(0)
-    if n_channels_grid is None:
-        model = CST(CSTConfig(value_dim=1, n_ids=n_rois)).eval()
-        n_ctx, q = n_rois * 32, n_rois
-        values, ids = torch.randn(1, n_ctx, 1), torch.randint(0, n_rois, (1, n_ctx))
-        query_ids = torch.arange(n_rois)[None]
-    else:
-        patches = n_channels_grid[0] * n_channels_grid[1]
-        model = CST(CSTConfig(value_dim=16, n_ids=patches)).eval()
-        n_ctx, q = patches * 32, patches
-        values, ids = torch.randn(1, n_ctx, 16), torch.randint(0, patches, (1, n_ctx))
-        query_ids = torch.arange(patches)[None]
-    coords, query = torch.rand(1, n_ctx, 3), torch.rand(1, q, 3)
+    model, contexts, query, ids = decoder_setup(n_channels, value_dim)
     with torch.no_grad():
-        first = model.encode(values, coords, ids)
-        second = model.encode(values.roll(1, dims=1), coords, ids)
-        return timed(lambda: [model.decode(c, query, query_ids) for c in (first, second)], repeats)
+        return timed(lambda: [model.decode(c, query, ids) for c in contexts], repeats)
 
 
 def main() -> None:
@@ -153,6 +211,8 @@ def main() -> None:
     parser.add_argument(
         "--batch", type=int, default=FitConfig.batch_size, help="windows per step (default: fit's)"
     )
+    parser.add_argument("--bf16", action="store_true", help="run bf16 even where it is emulated")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -169,6 +229,17 @@ def main() -> None:
     flops, flop_tokens = model_flops(windows, dict(config_kw, sobolev_k=2))
     peak = max(peak_before, matmul_peak())
     params = CST(CSTConfig(value_dim=1)).num_params()
+    peaks = {"fp32": peak, "bf16": matmul_peak(dtype=torch.bfloat16, repeats=1)}
+    variants = ["fp32"]
+    skipped = {}
+    if cpu_has_bf16() or args.bf16:
+        variants.append("bf16")
+    else:
+        skipped["bf16"] = "no AVX-512 BF16 or AMX: bf16 would be emulated (see the peaks)"
+    if args.compile:
+        variants.append("compiled")
+    else:
+        skipped["compiled"] = "not asked for (--compile)"
     report = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.node()} ({args.threads} threads, {platform.machine()})",
@@ -187,8 +258,11 @@ def main() -> None:
         "model_gflops_per_s": round(flops / sob / 1e9, 1),
         "fraction_of_matmul_peak": round(flops / sob / peak, 3),
         "flop_count_tokens": flop_tokens,
-        "query_ms_1000_rois": round(1e3 * query_latency(None, 1000, args.repeats * 5), 2),
-        "query_ms_grid_128x128_p4": round(1e3 * query_latency((32, 32), 0, args.repeats * 5), 2),
+        "query_ms_1000_rois": round(1e3 * query_latency(1000, 1, args.repeats * 5), 2),
+        "query_ms_grid_128x128_p4": round(1e3 * query_latency(32 * 32, 16, args.repeats * 5), 2),
+        "matmul_peak_gflops_bf16": round(peaks["bf16"] / 1e9, 1),
+        "precision": precision_rows(windows, config_kw, args.repeats, variants, peaks),
+        "skipped": skipped,
     }
     print(json.dumps(report, indent=2))
 

@@ -229,7 +229,13 @@ def load_model(path: str | os.PathLike[str]) -> tuple[nn.Module, Checkpoint]:
     """A fitted model (eval mode, CPU) and its checkpoint; InputError for anything else."""
     checkpoint = Checkpoint.load(path)
     if checkpoint.kind != "model":
-        raise InputError(path, "is an unfinished training checkpoint, not a model")
+        raise InputError(
+            path,
+            "is a calcium prior, not a model fitted to a recording: bind it with "
+            "`cst-neuro fit REC -o MODEL --prior PRIOR --max-epochs 0`"
+            if checkpoint.kind == "prior"
+            else "is an unfinished training checkpoint, not a model (fit --resume continues it)",
+        )
     with checked_contents(path):
         return checkpoint.build_model(), checkpoint
 

@@ -96,6 +96,7 @@ class Normalizer:
 
 CHANNEL_FEATURES = ("lag1", "lag2", "lag4", "noise", "skew", "log_frame")
 FEATURE_FRAMES = 16384  # frames a channel descriptor is computed from, at most
+READ_BYTES = 16 << 20  # bytes of samples read at once where a whole recording is scanned
 MAX_EMPTY_DRAWS = 1000  # windows drawn in a row without two observed frames before giving up
 
 
@@ -243,17 +244,31 @@ class ChannelWindows:
         self.features = self._features() if features is None else np.asarray(features)
 
     def observed_samples(self) -> int:
-        """Finite samples in the allowed frames (the data a model can train on)."""
-        frames = np.flatnonzero(self.allowed)
-        return int(self.values.isel(time=frames).notnull().any("value").sum())
+        """Finite samples in the allowed frames (the data a model can train on), counted
+        in blocks of frames so that memory does not grow with the recording's length."""
+        per_read = max(1, READ_BYTES // max(1, self.n_channels * self.value_dim * 4))
+        total = 0
+        for start in range(0, self.n_frames, per_read):
+            keep = self.allowed[start : start + per_read]
+            if keep.any():
+                block = np.asarray(self.values.isel(time=slice(start, start + per_read)).values)
+                total += int(np.isfinite(block[keep]).any(-1).sum())
+        return total
 
     def _features(self) -> np.ndarray:
-        """Channel descriptors from (at most `FEATURE_FRAMES`) allowed frames."""
+        """Channel descriptors from (at most `FEATURE_FRAMES`) allowed frames, read a few
+        channels at a time (descriptors are per channel; memory stays bounded)."""
         stop = min(self.n_frames, FEATURE_FRAMES)
-        block = np.asarray(self.values.isel(time=slice(0, stop)).values, dtype=np.float64)
-        block[~self.allowed[:stop]] = np.nan
+        per_read = max(1, READ_BYTES // (stop * self.value_dim * 8))
         mean, std = self.normalizer.mean, self.normalizer.std
-        return channel_features(block, self.fs, mean=mean, std=std)
+        parts = []
+        for c in range(0, self.n_channels, per_read):
+            chans = slice(c, c + per_read)
+            view = self.values.isel({"time": slice(0, stop), "channel": chans})
+            block = np.asarray(view.values, dtype=np.float64)
+            block[~self.allowed[:stop]] = np.nan
+            parts.append(channel_features(block, self.fs, mean=mean[chans], std=std[chans]))
+        return np.concatenate(parts)
 
     def batch(self, parts: list[dict[str, np.ndarray]]) -> Tokens:
         """A padded batch of this recording's token sets, with its descriptors."""

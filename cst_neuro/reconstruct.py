@@ -198,8 +198,8 @@ class Reconstructor:
         context = self.context(start, group)
         with self.cast:
             pred = self.mode.predict(self.model, context, coords, ids)
-        pred = pred[0].float().cpu().numpy().reshape(cc.shape[0], cc.shape[1], -1)
-        return pred.transpose(1, 0, 2)
+        out = pred[0].float().cpu().numpy().reshape(cc.shape[0], cc.shape[1], -1)
+        return out.transpose(1, 0, 2)
 
     def as_image(self, values: np.ndarray) -> np.ndarray:
         """(T, patches, p²) grid predictions → (T, Y, X) images; traces pass as (T, C)."""

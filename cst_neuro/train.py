@@ -10,7 +10,8 @@ checkpoints (model, optimiser, every RNG state) are written atomically next to t
 as ``.NAME.partial`` after each epoch, so ``resume=True`` continues exactly where a killed
 run stopped; the final model is written to the output only when training ends. Under
 ``torchrun`` gradients are averaged across processes (`_distributed`); rank 0 validates and
-writes.
+writes. A little over 500 lines: the loop, its resume and its budget share one state, and
+resuming exactly is easier to check when they are read together.
 """
 
 from __future__ import annotations
@@ -236,15 +237,16 @@ def fit(
 
         stopped = run.train(precision, save_progress, callback, progress)
         state = run.state
-        if state["best"] is None:  # no epoch finished (max_epochs=0): keep what there is
+        unscored = state["best"] is None  # no epoch finished (max_epochs=0): keep what there is
+        if unscored:
             state["best"] = _weights(model)
-            if rank == 0 and val_batches:
-                state["best_val"] = run.validation_loss(math.inf)
         blend = None
         if rank == 0:
             model.load_state_dict(state["best"])
             if isinstance(model, CST) and val_batches:
                 blend = choose_blend(model, val_batches, run.predict)
+            if unscored and val_batches:  # the unblended model's error, as after an epoch
+                state["best_val"] = blend.model if blend else run.validation_loss(math.inf)
             binding = DataBinding(
                 var=windows.var,
                 layout=windows.layout,

@@ -54,6 +54,8 @@ def test_the_shipped_prior_loads_safely_and_matches_its_recorded_hash() -> None:
     recorded = re.search(r"sha256[^0-9a-f]*([0-9a-f]{64})", DOCS.read_text())
     assert recorded and recorded.group(1) == digest
     assert load_prior("default") is not None and load_prior("none") is None
+    with pytest.raises(InputError, match="calcium prior, not a model .* --max-epochs 0"):
+        load_model(path)  # a prior is bound to a recording first
 
 
 def test_zero_shot_on_a_recording_unlike_the_corpus(tiny_prior: Path, tmp_path: Path) -> None:
@@ -62,6 +64,7 @@ def test_zero_shot_on_a_recording_unlike_the_corpus(tiny_prior: Path, tmp_path: 
     config = FitConfig(prior=str(tiny_prior), max_epochs=0, window=32)
     result = fit(ds, tmp_path / "m.pt", config=config)
     assert result.epochs == 0 and result.prior == "p.pt" and np.isfinite(result.best_val)
+    assert result.blend is not None and result.best_val == result.blend.model  # one pass
     model, checkpoint = load_model(tmp_path / "m.pt")
     prior = load_prior(tiny_prior)
     for name, value in prior.state_dict.items():  # the prior's weights, unchanged

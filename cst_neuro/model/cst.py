@@ -51,6 +51,11 @@ Self-attention over all of them costs O(N²) per layer, far too slow on 2 CPU co
 latents the encoder costs O(N·L + L²) and decoding O(Q·(L + W)), independent of N. For few
 tokens (the IE spirals: 10 per curve) set `n_latent_times=0`: the encoder then
 self-attends over the observed tokens and the decoder attends to them directly.
+
+The file is longer than ~500 lines for a reason: the encoder, both decoding paths (the
+jet, for training and derivatives; the grouped one, for inference) and the interpolant
+output share the `Context`, and split across files one forward pass could not be read in
+one place.
 """
 
 from __future__ import annotations
@@ -61,7 +66,6 @@ from typing import Literal
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from cst_neuro.model import dropout as drop
 from cst_neuro.model import interpolant, taylor
@@ -138,37 +142,6 @@ class CSTConfig(NetworkConfig):
                 f"CSTConfig.fourier_scale has {len(scale)} entries but coord_dims is "
                 f"{self.coord_dims}: give one scale, or one per coordinate"
             )
-
-
-class Readout(nn.Module):
-    """A signed linear readout of the query's own-channel samples: Σ_j w_qj · y_j.
-
-    Softmax attention weights are positive and sum to one; a spline's or a Wiener filter's
-    weights are not. Here w_qj = ⟨a(x_q), b(t_j)⟩ (one per pair of value entries) from the
-    decoder's final state x_q and the key's time embedding, unnormalised and free in sign,
-    a rank-`rank` bilinear form. Linear in x_q, so its Taylor jet is the jet of a(x_q)
-    contracted with the (constant) keys. Initialised like every linear layer of the
-    network (normal, sd 0.02), so it starts as a small term.
-    """
-
-    def __init__(self, d_model: int, value_dim: int, rank: int) -> None:
-        super().__init__()
-        self.value_dim, self.rank = value_dim, rank
-        self.query = nn.Linear(d_model, value_dim * value_dim * rank, bias=False)
-        self.key = nn.Linear(d_model, rank)  # from a key's time embedding
-
-    def forward(self, x: Tensor, keys: Tensor, values: Tensor, valid: Tensor) -> Tensor:
-        """Jet (K+1, B, Q, V) from the state jet x (K+1, B, Q, D), keys (B, Q or 1, M, r),
-        values (B, Q or 1, M, V) and which keys are real (B, Q or 1, M)."""
-        K1, B, Q = x.shape[:3]
-        V, r = self.value_dim, self.rank
-        a = F.linear(x, self.query.weight).view(K1, B, Q, V, V, r)
-        keys = keys * valid[..., None].to(keys.dtype)
-        if keys.shape[1] == 1 and values.shape[1] == 1:  # keys shared by the row's queries
-            weights = torch.einsum("kbqvur,bmr->kbqmvu", a, keys[:, 0])
-            return torch.einsum("kbqmvu,bmu->kbqv", weights, values[:, 0])
-        weights = torch.einsum("kbqvur,bqmr->kbqmvu", a, keys.expand(B, Q, -1, r))
-        return torch.einsum("kbqmvu,bqmu->kbqv", weights, values.expand(B, Q, -1, V))
 
 
 @dataclass
@@ -266,9 +239,9 @@ class CST(nn.Module):
         self.channel_gain: nn.Embedding | None = None
         if config.channel_gain and config.n_ids and config.interpolant != "none":
             self.channel_gain = nn.Embedding(config.n_ids, config.value_dim)
-        self.readout: Readout | None = None
+        self.readout: interpolant.Readout | None = None
         if config.readout_rank:
-            self.readout = Readout(D, config.value_dim, config.readout_rank)
+            self.readout = interpolant.Readout(D, config.value_dim, config.readout_rank)
         # α_c of I + α_c (ŷ - I): set by a fit on its validation frames, 1 = the model
         blend = config.n_ids and config.interpolant != "none"
         self.register_buffer(

@@ -1,4 +1,4 @@
-"""The classical interpolant that a "cst" model can predict a correction to.
+"""The classical interpolant that a "cst" model predicts a correction to, and a signed readout.
 
 Softmax attention returns a convex combination of values: one decoder layer over a sparse
 context behaves like a kernel smoother, so it cannot express a spline's negative weights,
@@ -14,7 +14,8 @@ has two non-zero coefficients: I and u_t · slope.
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 
 def linear_jet(
@@ -65,3 +66,34 @@ def linear_jet(
         coefficients.append(torch.where(any_key, slope, 0.0) * along)
     coefficients += [torch.zeros_like(value)] * (order - 1)
     return torch.stack(coefficients)
+
+
+class Readout(nn.Module):
+    """A signed linear readout of the query's own-channel samples: Σ_j w_qj · y_j.
+
+    Softmax attention weights are positive and sum to one; a spline's or a Wiener filter's
+    weights are not. Here w_qj = ⟨a(x_q), b(t_j)⟩ (one per pair of value entries) from the
+    decoder's final state x_q and the key's time embedding, unnormalised and free in sign,
+    a rank-`rank` bilinear form. Linear in x_q, so its Taylor jet is the jet of a(x_q)
+    contracted with the (constant) keys. Initialised like every linear layer of the
+    network (normal, sd 0.02), so it starts as a small term.
+    """
+
+    def __init__(self, d_model: int, value_dim: int, rank: int) -> None:
+        super().__init__()
+        self.value_dim, self.rank = value_dim, rank
+        self.query = nn.Linear(d_model, value_dim * value_dim * rank, bias=False)
+        self.key = nn.Linear(d_model, rank)  # from a key's time embedding
+
+    def forward(self, x: Tensor, keys: Tensor, values: Tensor, valid: Tensor) -> Tensor:
+        """Jet (K+1, B, Q, V) from the state jet x (K+1, B, Q, D), keys (B, Q or 1, M, r),
+        values (B, Q or 1, M, V) and which keys are real (B, Q or 1, M)."""
+        K1, B, Q = x.shape[:3]
+        V, r = self.value_dim, self.rank
+        a = F.linear(x, self.query.weight).view(K1, B, Q, V, V, r)
+        keys = keys * valid[..., None].to(keys.dtype)
+        if keys.shape[1] == 1 and values.shape[1] == 1:  # keys shared by the row's queries
+            weights = torch.einsum("kbqvur,bmr->kbqmvu", a, keys[:, 0])
+            return torch.einsum("kbqmvu,bmu->kbqv", weights, values[:, 0])
+        weights = torch.einsum("kbqvur,bqmr->kbqmvu", a, keys.expand(B, Q, -1, r))
+        return torch.einsum("kbqmvu,bqmu->kbqv", weights, values.expand(B, Q, -1, V))

@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # torch is imported by the methods: the CLI lists modes witho
     from torch import Tensor, nn
 
     from cst_neuro.model.cst import CST
+    from cst_neuro.model.dummies import DummyTokens
     from cst_neuro.model.layers import NetworkConfig
     from cst_neuro.model.paper import PaperCST
     from cst_neuro.model.sobolev import SobolevConfig
@@ -224,12 +225,9 @@ class TransformerMode(Mode):
         generator: torch.Generator,
         sobolev: SobolevConfig,
     ) -> Tensor:
-        from cst_neuro.model.dummies import add_dummy_tokens
         from cst_neuro.model.sobolev import data_loss
 
-        tokens = add_dummy_tokens(
-            ctx.values, ctx.coords, qry.coords, mask=ctx.mask, ids=ctx.ids, dummy_ids=qry.ids
-        )
+        tokens = _with_dummies(ctx, qry)
         pred = _paper(model).forward_tokens(tokens.values, tokens.coords, tokens.ids, tokens.mask)
         n = ctx.values.shape[1]
         real = data_loss(pred[:, :n], ctx.values, ctx.mask & ctx.value_mask.all(-1))
@@ -252,12 +250,9 @@ class PaperMode(TransformerMode):
         generator: torch.Generator,
         sobolev: SobolevConfig,
     ) -> Tensor:
-        from cst_neuro.model.dummies import add_dummy_tokens
         from cst_neuro.model.sobolev import input_jacobian_loss
 
-        tokens = add_dummy_tokens(
-            ctx.values, ctx.coords, qry.coords, mask=ctx.mask, ids=ctx.ids, dummy_ids=qry.ids
-        )
+        tokens = _with_dummies(ctx, qry)
         return input_jacobian_loss(
             _paper(model),
             tokens.values,
@@ -298,3 +293,12 @@ def get_mode(name: str) -> Mode:
 def config_fields(name: str) -> set[str]:
     """The network settings a mode accepts (what ``[model]`` may set)."""
     return {f.name for f in dataclasses.fields(get_mode(name).config_type())}
+
+
+def _with_dummies(ctx: TokenBatch, qry: TokenBatch) -> DummyTokens:
+    """The context's tokens followed by a dummy token at each query (the paper's input)."""
+    from cst_neuro.model.dummies import add_dummy_tokens
+
+    return add_dummy_tokens(
+        ctx.values, ctx.coords, qry.coords, mask=ctx.mask, ids=ctx.ids, dummy_ids=qry.ids
+    )

@@ -110,7 +110,12 @@ def batch_at(
 ) -> tuple[Tokens, Tokens]:
     """The training batch of ``step`` on ``rank``: a pure function of the seed."""
     rng = np.random.default_rng([config.seed, step, rank])
-    corpus = Corpus(
+    return corpus_for(config, sources, rng).batch(config.batch_size)
+
+
+def corpus_for(config: PretrainConfig, sources: list[Source], rng: np.random.Generator) -> Corpus:
+    """The corpus a pretraining run draws its windows from, with the run's sizes."""
+    return Corpus(
         rng,
         real=sources,
         real_share=config.real_share,
@@ -118,7 +123,6 @@ def batch_at(
         max_channels=config.max_channels,
         max_queries=config.max_queries,
     )
-    return corpus.batch(config.batch_size)
 
 
 def learning_rate(config: PretrainConfig, step: int) -> float:

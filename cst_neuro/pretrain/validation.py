@@ -16,7 +16,7 @@ from torch import nn
 
 from cst_neuro.data import Tokens
 from cst_neuro.model.modes import get_mode
-from cst_neuro.pretrain.corpus import Corpus, Source
+from cst_neuro.pretrain.corpus import Source
 
 if TYPE_CHECKING:
     from cst_neuro.pretrain.loop import PretrainConfig
@@ -50,17 +50,9 @@ class ValidationSet:
 
     @classmethod
     def build(cls, config: PretrainConfig, sources: list[Source]) -> ValidationSet:
-        from cst_neuro.pretrain.loop import VALIDATION_SEED
+        from cst_neuro.pretrain.loop import VALIDATION_SEED, corpus_for
 
-        rng = np.random.default_rng([config.seed, VALIDATION_SEED])
-        corpus = Corpus(
-            rng,
-            real=sources,
-            real_share=config.real_share,
-            window=config.window,
-            max_channels=config.max_channels,
-            max_queries=config.max_queries,
-        )
+        corpus = corpus_for(config, sources, np.random.default_rng([config.seed, VALIDATION_SEED]))
         batches = []
         for start in range(0, config.n_validation, BATCH):
             ctx, qry = corpus.batch(min(BATCH, config.n_validation - start))

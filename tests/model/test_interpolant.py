@@ -9,8 +9,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cst_neuro.model.cst import CST, Readout
-from cst_neuro.model.interpolant import linear_jet
+from cst_neuro.model.cst import CST
+from cst_neuro.model.interpolant import Readout, linear_jet
 
 from ._helpers import make_tokens, tiny_config
 
