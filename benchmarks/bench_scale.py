@@ -14,8 +14,8 @@ counted) times the number of blocks, over the reconstruct's wall time, against t
 matmul peak (torch.mm of 2048² matrices, best of before and after); and a spot check of
 the written values against `Reconstructor.predict`.
 
-    python benchmarks/bench_scale.py --prior /tmp/corpus/prior_v1.pt
-    python benchmarks/bench_scale.py --rois 5000 --prior /tmp/corpus/prior_v1.pt
+    python benchmarks/bench_scale.py
+    python benchmarks/bench_scale.py --rois 5000
 """
 
 from __future__ import annotations
@@ -62,20 +62,6 @@ def write_floor(store: Path, output: Path) -> None:
 
     ds = open_store(store)
     write_recording(reconstruct(LinearFloor(ds), ds, upsample=UPSAMPLE), output)
-
-
-def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
-    """fp32 FLOP/s of torch.mm on n×n matrices, the median of ``repeats``."""
-    import torch
-
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
-    spent = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.mm(a, b)
-        spent.append(time.perf_counter() - start)
-    return 2 * n**3 / float(np.median(spent))
 
 
 def reconstruct_flops(model: Path, store: Path) -> tuple[float, int]:
@@ -149,6 +135,7 @@ def main() -> None:
     results = {name: run_child(cmd) for name, cmd in steps.items()}
 
     import torch
+    from bench_model import matmul_peak
 
     peak_before = matmul_peak()
     flops, block_values = reconstruct_flops(model, store)

@@ -338,6 +338,8 @@ def _head(
         + (
             f"this page's run took {seconds / 60:.0f} min end to end. "
             if ran == n_jobs
+            else "the page was written from their cached results (`--resume`). "
+            if ran == 0
             else f"{ran} of them were run for this page ({seconds / 60:.0f} min end to end), "
             "the others kept from an earlier run of the same code (`--resume`). "
         )
@@ -670,80 +672,46 @@ NOTES = """## Notes: what falls short, what was tried, and why
 Every target that is not met is marked **not met** in the table at the top; nothing on
 this page was tuned on test segments.
 
-- **Compute.** Each model fit gets a fixed wall-clock budget (the `seconds` and `epochs`
-  columns), run with one torch thread per job and two jobs at a time on a 2-core machine
-  that other jobs shared. The `cst` fits on recordings ran 11 to 35 epochs of 50 steps
-  within their budgets (or until their validation loss stopped improving); longer
-  training was not possible within the hour this page may take, so these are the numbers
-  of briefly trained models.
-  `transformer` and `paper` get the same budget; the paper mode's joint attention with
-  double backward costs about 100× a `cst` step, so it trains for one or two short epochs.
-  They are trained for the population tables (the Allen ×4 table, one zebrafish table
-  per recording, the simulator) and the spirals, not for the 15 ground-truth cells or every
-  zebrafish task: two more fits per job would take this page past the hour.
-  `cst-neuro evaluate --methods cst,transformer,paper,...` runs them on any recording.
+- **Three starts of one model.** `cst-zero-shot` is the shipped prior bound to the
+  recording with no training (`fit --max-epochs 0`: per-ROI normalisation and
+  descriptors, then the blend with linear interpolation chosen on the validation
+  segments); `cst` fine-tunes it (fit's default); `cst-scratch` trains the same
+  architecture from random weights (`--prior none`). Each trained fit gets
+  `FIT_MINUTES` = 2 minutes of wall time, one torch thread, two jobs at a time on a 2-core
+  machine; zero-shot takes seconds. `transformer` and `paper` get the same budget where
+  they run (the Allen ×4 table, zebrafish 20% in-filling, the spirals).
+- **The corpus.** The prior was pretrained on simulated recordings and on three real
+  ones (docs/prior.md): the DS09 GCaMP6f cells, the Allen excerpt and the OptiNiSt
+  Suite2p example. Rows of those recordings are marked *in corpus* and are left out of
+  the headline targets, which use the DS30 jGCaMP8f cells and the zebrafish OGB-1
+  recordings only; no leave-one-recording-out prior was trained (one pretraining run is
+  an hour of this machine).
+- **Fine-tuning is not always better than the prior alone.** With 2 minutes on one cell,
+  fine-tuning moves the network away from what it learned on the corpus, and on several
+  cells the fine-tuned model is slightly worse than the zero-shot one on the test
+  segments (the single-cell table). Where it is worse than linear interpolation on the
+  validation segments, the blend hands the ROI back to linear interpolation (ratio 1.000
+  on one DS30 cell, whose zero-shot ratio was 0.80). Scoring the prior as epoch 0 of
+  early stopping, so that fine-tuning must beat it on validation to replace it, is the
+  obvious next step; it is not measured here.
 - **The baselines are strong.** The windowed GP (length scale and noise chosen on the
-  validation segments) is the best classic method on the population tables (Allen,
-  simulator, zebrafish in-filling); on the single cells with the cleanest signal plain
-  linear interpolation is (the GP's smallest noise setting still smooths). The GP is a
-  tuned smoother of noisy samples, the job the model has to learn. On the simulator `cst`
-  is further from the noisy held-out frames than the GP but closer to the clean signal
-  (`NMSE vs clean`): the noise in held-out frames cannot be predicted. NMSE near or above 1
-  means most of the held-out variance is noise at the observed rate.
-- **Defaults, not tuning.** `cst` runs with `cst-neuro fit` defaults (sizes adapt to the
-  data). The only settings chosen for this page are the spirals `cst` network's (on the 50
-  validation curves): its Fourier scale (4 → 16: validation MSE 1.55e-3 → 1.39e-3 in
-  2-minute runs; a learning rate of 3e-3 did not help) and its readout (below). A softmax
-  attention output is a convex combination of values, and with the local coordinate bias
-  one decoder layer behaves like a kernel smoother, while a spline's weights have negative
-  lobes: without help `cst` stopped between linear interpolation and the spline. So the
-  decoder predicts a correction to the linear interpolant of each channel's observed
-  samples, with a learned gain (`interpolant="linear"`, fit's default). Validation only,
-  before this page was first run with it: spirals 0.80e-3 vs 1.39e-3 without it; one
-  ground-truth cell 1.358 vs 1.371; the Allen excerpt 1.098 vs 1.073 (worse, 3-minute
-  fits of fit's own validation loss). The gain is also learned per channel
-  (`channel_gain`, fit's default): noisier ROIs call for less of the interpolant. fit's
-  own validation loss after 15 epochs on the Allen excerpt 0.831 vs 0.845 with one gain
-  for all, after 12 on zebrafish 02 0.776 vs 0.778.
-- **Spirals: a signed readout.** On the validation curves `cst` stayed at 0.786-0.815e-3
-  whatever was changed (early-stopping patience 60, learning-rate decay on plateau, twice
-  the width, four layers, more Fourier features, dropout, no input noise, no Sobolev
-  term), and a cubic Hermite base instead of the linear one was worse (0.861e-3), while a
-  linear map from a curve's 20 observed values, fitted by ridge on the training curves,
-  reaches 0.67e-3 (the `learned linear map` row: it knows the fixed layout). The `cst`
-  decoder therefore gets a signed linear readout of the observed samples (`readout_rank`
-  16: weights from a bilinear form of the decoder's state and each sample's time
-  embedding, free in sign), and every mode gets early-stopping patience 60 (was 15):
-  validation MSE 0.738e-3 vs 0.796e-3 without the readout at the same patience (one
-  3-minute run each; 0.733e-3 with rank 32). The `cst` runs end on their time budget
-  with validation error still falling; the learned linear map stays ahead. The
-  `transformer`'s validation error is erratic, and with the longer patience its kept
-  weights do worse on the test curves than with 15 (7.12e-3 then). On recordings the
-  readout did not pay: on the Allen excerpt fit's validation loss was 0.841 with it
-  against 0.827 without (3-minute fits; 17 against 30 epochs), so fit's defaults do not
-  use it.
-- **Spatial: hiding whole ROIs in training.** Training with 10% of each window's ROIs
-  hidden whole (the situation the spatial task tests) gave a validation NMSE of 1.792
-  against 1.806 without on zebrafish 01 (one 2-minute fit each): no gain at this budget,
-  so it was not adopted.
-- **A GP base instead of the linear one.** With the decoder correcting a GP posterior mean
-  of each channel's observed samples (squared-exponential kernel, length scale and noise
-  learned, started at the best of a grid scored on held-out training frames), the
-  validation NMSE (validation segments' hidden samples, one fit each: 1.2 minutes per cell,
-  2.5 for the others) moved both ways against the linear base: six ground-truth cells 0.715 vs
-  0.719, 0.979 vs 1.060, 0.347 vs 0.340, 0.174 vs 0.132, 1.046 vs 1.087, 0.143 vs 0.184;
-  the simulator 0.705 vs 0.715 (the GP baseline 0.725); zebrafish 02 in-filling 1.024 vs
-  1.015 (the GP baseline 1.010), with fewer epochs in the same time. The kernel that best
-  fills the training gaps (runs of held-out frames) is longer than the one that fills a
-  single sub-frame gap, and fit does not know the task. Not adopted.
-- **Large transients.** On DS09 cell 3 the test segments hold bursts up to 2.7× the
-  largest ΔF/F of the training segments; the interpolators follow them (linear 0.042),
-  `cst` flattened them (0.944 before the interpolant, 0.104 with it in an earlier run of
-  this page, 0.193 in the table above, where a second, per-channel gain was also learned
-  from the one cell): the interpolant passes the amplitude through, but the learned
-  correction still adds error there. The
-  other cells with large ratios are clean ones where linear interpolation is already close
-  to exact. Per-window instance normalisation is not tried yet.
+  validation segments) is the best classic method on the population tables; on the
+  cleanest single cells plain linear interpolation is. NMSE near or above 1 means most of
+  the held-out variance is noise at the observed rate: held-out noise cannot be
+  predicted, and on the simulator the `NMSE vs clean` columns show how close each method
+  gets to the clean signal instead.
+- **Large transients.** On DS09 cell 3 the test segments hold bursts up to 2.7x the
+  largest ΔF/F of the training segments. A first prior learned a gain on the
+  interpolant and predicted 0.61 of such a transient (1.49x linear on that cell); the
+  shipped prior keeps the gain at 1, so observed amplitudes pass through, and comes out
+  at about linear interpolation there.
+- **History of the decoder's design.** The correction to the linear interpolant
+  (`interpolant="linear"`) and the signed readout (`readout_rank`, used on the spirals)
+  came from validation experiments recorded in earlier versions of this page (git
+  history of docs/results.md): softmax attention alone is a convex combination and
+  flattened transients; a GP base instead of the linear one moved validation errors both
+  ways and was not adopted; hiding whole ROIs in training gave no gain on the spatial
+  task at this budget.
 - **Spike timing.** Burst onsets in the test segments are few per cell (the `n` column),
   so per-cell onset errors are noisy; the pooled mean over all cells is the headline.
 """
