@@ -106,7 +106,7 @@ def run_job(key: str, kw: dict[str, Any], cache: Path) -> dict[str, Any]:
     start = time.perf_counter()
     kind = kw["kind"]
     if kind == "spirals":
-        result = _spirals(kw)
+        result = _spirals_job(kw)
     else:
         report = _report(kind, kw)
         report.write(cache / key)
@@ -173,7 +173,7 @@ def _simulated() -> Any:
     return ds
 
 
-def _spirals(kw: dict[str, Any]) -> dict[str, Any]:
+def _spirals_job(kw: dict[str, Any]) -> dict[str, Any]:
     from cst_neuro.evaluate.spirals import (
         classic,
         held_out_mse,
