@@ -28,7 +28,6 @@ all_rois = true
 [fit]
 max_epochs = 1
 steps_per_epoch = 2
-window = 16
 
 [evaluate]
 methods = ["linear", "pchip"]

@@ -54,7 +54,7 @@ def test_the_shipped_prior_loads_safely_and_matches_its_recorded_hash() -> None:
     recorded = re.search(r"sha256[^0-9a-f]*([0-9a-f]{64})", DOCS.read_text())
     assert recorded and recorded.group(1) == digest
     assert load_prior("default") is not None and load_prior("none") is None
-    with pytest.raises(InputError, match="calcium prior, not a model .* --max-epochs 0"):
+    with pytest.raises(InputError, match=r"calcium prior, not a model .* --max-epochs 0"):
         load_model(path)  # a prior is bound to a recording first
 
 
