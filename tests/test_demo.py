@@ -18,7 +18,7 @@ from cst_neuro.store import open_store, write_recording
 
 TINY = DemoConfig(
     n_rois=12, n_frames=240, seed=3, fit_minutes=1.0,
-    fit={"max_epochs": 1, "steps_per_epoch": 2, "window": 16},
+    fit={"max_epochs": 1, "steps_per_epoch": 2},
 )  # fmt: skip
 METHODS = ["cst", "linear", "pchip", "low-rank + linear"]
 
