@@ -94,7 +94,7 @@ def recording(n_rois: int, n_frames: int, seed: int = 0):
 
 def training_step(mode: str, sobolev_k: int, windows, config_kw, repeats: int):
     """(a function running one training step, tokens per step) for one mode/loss."""
-    config = FitConfig(mode=mode, sobolev_k=sobolev_k, **config_kw)
+    config = FitConfig(mode=mode, sobolev_k=sobolev_k, prior="none", **config_kw).resolved()
     torch.manual_seed(0)
     spec = get_mode(mode)
     settings = {"value_dim": 1, "n_ids": windows.n_channels}
@@ -121,7 +121,7 @@ def training_step(mode: str, sobolev_k: int, windows, config_kw, repeats: int):
 
 def model_flops(windows, config_kw) -> tuple[float, int]:
     """FLOPs of one cst training step (forward + backward) and its tokens."""
-    config = FitConfig(**config_kw)
+    config = FitConfig(prior="none", **config_kw).resolved()
     model = CST(CSTConfig(value_dim=1, n_ids=windows.n_channels, n_latent_times=config.window // 2))
     step = TrainStep(model, get_mode("cst"), config.sobolev())
     ctx, qry = sample_batch(windows, windows.starts(), config, np.random.default_rng(1))
@@ -138,7 +138,7 @@ def precision_rows(
     from cst_neuro.device import autocast
 
     cpu = torch.device("cpu")
-    config = FitConfig(mode="cst", sobolev_k=2, **config_kw)
+    config = FitConfig(mode="cst", sobolev_k=2, prior="none", **config_kw).resolved()
     ctx, qry = sample_batch(windows, windows.starts(), config, np.random.default_rng(1))
     tokens = int(ctx.mask.sum() + qry.mask.sum())
     flops, _ = model_flops(windows, dict(config_kw, sobolev_k=2))

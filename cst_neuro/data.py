@@ -430,11 +430,12 @@ def held_out_frames(
     Single frames teach interpolation between neighbours (upsampling); longer runs teach
     in-filling of gaps like the validation blocks.
     """
+    assert config.val_block is not None, "held_out_frames needs a resolved FitConfig"
     n_query = max(1, round(config.query_fraction * frames.size))
     held = np.zeros(window, bool)
     while held[frames].sum() < n_query:
         start = int(rng.choice(frames))
-        held[start : start + int(rng.integers(1, (config.val_block or 1) + 1))] = True
+        held[start : start + int(rng.integers(1, config.val_block + 1))] = True
     if held[frames].all():  # keep some context
         held[frames[0]] = False
     return held

@@ -58,6 +58,9 @@ class FitConfig:
     # fine-tuning a prior (single held-out frames are the nearest a recording gets to the
     # sub-frame queries the prior was made for), 4 from scratch
     val_block: PositiveInt | None = None
+    # tokens of validation windows scored per pass, at most (evenly spaced windows are kept):
+    # a long, wide recording's validation then costs seconds per epoch, not minutes
+    val_tokens: PositiveInt = 1 << 20
     seed: NonNegativeInt = 0
     sobolev_k: NonNegativeInt = 2
     sobolev_p: Annotated[Real, Field(ge=1)] = 2.0

@@ -50,6 +50,7 @@ from cst_neuro.model.cst import CST, CSTConfig
 from cst_neuro.model.modes import DataShape, Mode, get_mode
 from cst_neuro.model.sobolev import SobolevConfig
 from cst_neuro.prior import bound_config, load_prior, prior_name, start_from
+from cst_neuro.prior_gate import Gain, compare, frame_errors
 
 __all__ = ["FitConfig", "FitResult", "fit", "partial_path"]
 
@@ -65,6 +66,8 @@ class FitResult:
     stopped: str  # "early-stopping", "max-epochs", "max-minutes" or "cancelled"
     blend: BlendSummary | None = None  # the model against linear interpolation on validation
     prior: str = "none"  # what the fit started from
+    best_epoch: int = 0  # the epoch whose weights were kept; 0: the starting weights (the prior)
+    gain: Gain | None = None  # fine-tuning against the prior on validation, when it was weighed
 
 
 class TrainStep(nn.Module):
@@ -106,18 +109,22 @@ def data_shape(windows: ChannelWindows, config: FitConfig) -> DataShape:
 def validation_batches(
     windows: ChannelWindows, val: np.ndarray, config: FitConfig
 ) -> Iterator[tuple[Tokens, Tokens]]:
-    """(context, queries) of every window holding validation frames, per channel group:
-    queries at the validation frames, context from the training frames only."""
-    for start in windows.starts(stride=config.window):
-        frames = val[start : start + config.window]
-        if not frames.any():
-            continue
+    """(context, queries) of the windows holding validation frames, per channel group:
+    queries at the validation frames, context from the training frames only. Windows
+    beyond ``config.val_tokens`` are thinned to evenly spaced ones."""
+    w = config.window
+    starts = np.array([s for s in windows.starts(stride=w) if val[s : s + w].any()], int)
+    keep = max(1, config.val_tokens // (w * windows.n_channels))
+    if starts.size > keep:
+        starts = starts[np.unique(np.linspace(0, starts.size - 1, keep).round().astype(int))]
+    for start in starts:
+        frames = val[start : start + w]
         block = windows.read(start, masked=False)
         observed = windows.observed(block)
         for group in channel_groups(windows.n_channels, config.window, config.max_tokens):
             sel = np.zeros_like(observed)
             sel[:, group] = True
-            context = observed & sel & windows.allowed[start : start + config.window, None]
+            context = observed & sel & windows.allowed[start : start + w, None]
             queries = observed & sel & frames[:, None]
             if context.any() and queries.any():
                 yield (
@@ -172,6 +179,7 @@ def fit(
     process) is left as is and the run ends in an OutputError.
     """
     config = (config or FitConfig()).resolved()
+    assert config.prior is not None and config.lr is not None and config.val_block is not None
     output = check_output(output, CHECKPOINT, overwrite=overwrite)  # only a checkpoint is replaced
     mode = get_mode(config.mode)
     with process_group() as (rank, world):
@@ -184,7 +192,7 @@ def fit(
         split = TimeSplit.blocks(
             ds.sizes["time"],
             val_fraction=config.val_fraction,
-            block_frames=config.val_block or 1,
+            block_frames=config.val_block,
             seed=config.seed,
         )
         allowed = split.train & np.asarray(ds["valid"].values, bool)
@@ -204,7 +212,7 @@ def fit(
                 f"{windows.var}; nothing to fit",
             )
         fingerprint = data_fingerprint(windows.values)
-        prior = config.prior or "none"
+        prior = config.prior
         model, model_config = _initial_model(mode, windows, config, prior)
         model = model.to(dev)
         val_batches = list(validation_batches(windows, split.val, config)) if rank == 0 else []
@@ -223,12 +231,15 @@ def fit(
             rank=rank,
             world=world,
             val_batches=val_batches,
-            lr=config.lr or 1e-3,
+            lr=config.lr,
         )
         if resume:
             run.state = _resume(output, model, run.optimizer, run.rng, run.gen, fingerprint, rank)
-        elif partial_path(output).exists() and rank == 0:
-            log.warning("%s: starting afresh; pass --resume to continue it", partial_path(output))
+        elif rank == 0:
+            if (unfinished := partial_path(output)).exists():
+                log.warning("%s: starting afresh; pass --resume to continue it", unfinished)
+            if prior != "none" and config.max_epochs > 0:
+                run.score_start()
 
         def save_progress(state: dict[str, Any]) -> None:
             _save_progress(
@@ -240,9 +251,11 @@ def fit(
         unscored = state["best"] is None  # no epoch finished (max_epochs=0): keep what there is
         if unscored:
             state["best"] = _weights(model)
-        blend = None
+        blend = gain = None
         if rank == 0:
             model.load_state_dict(state["best"])
+            if state.get("start") is not None and state["best_epoch"] > 0:
+                gain = run.gate_fine_tuning()
             if isinstance(model, CST) and val_batches:
                 blend = choose_blend(model, val_batches, run.predict)
             if unscored and val_batches:  # the unblended model's error, as after an epoch
@@ -258,9 +271,11 @@ def fit(
                 train_frames=split.train,
                 val_frames=split.val,
             )
-            info: dict[str, Any] = {"prior": prior_name(prior)}
+            info: dict[str, Any] = {"prior": prior_name(prior), "best_epoch": state["best_epoch"]}
             if blend is not None:
                 info["blend"] = blend.to_dict()
+            if gain is not None:
+                info["fine_tuning"] = gain.to_dict()
             Checkpoint(
                 kind="model",
                 mode=mode.name,
@@ -283,6 +298,8 @@ def fit(
             stopped,
             blend,
             prior_name(prior),
+            state["best_epoch"],
+            gain,
         )
 
 
@@ -343,7 +360,8 @@ class _Run:
         self.rng = np.random.default_rng([config.seed, rank])
         self.gen = torch.Generator(device=device).manual_seed(config.seed * 1000 + rank)
         self.state: dict[str, Any] = {
-            "epoch": 0, "best_val": math.inf, "bad_epochs": 0, "history": [], "best": None
+            "epoch": 0, "best_val": math.inf, "bad_epochs": 0, "history": [], "best": None,
+            "best_epoch": 0,
         }  # fmt: skip
         allowed = windows.allowed
         self.starts = np.flatnonzero(
@@ -366,6 +384,31 @@ class _Run:
             errors += float(err.sum())
             count += int(err.numel())
         return errors / max(count, 1)
+
+    def score_start(self) -> None:
+        """The starting weights (a prior) as epoch 0 of early stopping: fine-tuning keeps
+        them unless an epoch beats their validation error (`gate_fine_tuning` then asks by
+        how much), so a short fit on a recording unlike the corpus cannot end worse than
+        its zero-shot start."""
+        if self.val_batches:
+            self.state["best_val"] = self.validation_loss(math.inf)
+            self.state["best"] = self.state["start"] = _weights(self.model)
+
+    def gate_fine_tuning(self) -> Gain:
+        """Weigh the best fine-tuned weights (loaded) against the prior's on the validation
+        frames; go back to the prior unless the gain exceeds the noise (`prior_gate`)."""
+        tuned = frame_errors(self.predict(self.model, self.val_batches), self.val_batches)
+        best = _weights(self.model)
+        self.model.load_state_dict(self.state["start"])
+        prior = frame_errors(self.predict(self.model, self.val_batches), self.val_batches)
+        gain = compare(prior, tuned)
+        if gain.significant:
+            self.model.load_state_dict(best)
+            log.info("%s: kept the fine-tuned weights", gain.line())
+        else:
+            self.state["best_val"], self.state["best_epoch"] = gain.prior, 0
+            log.info("%s: within the noise, kept the prior", gain.line())
+        return gain
 
     def train(
         self,
@@ -433,7 +476,7 @@ def _track_best(
     state["history"].append({"epoch": state["epoch"], "train": train_loss, "val": val_loss})
     if val_loss < state["best_val"]:
         state["best_val"], state["bad_epochs"] = val_loss, 0
-        state["best"] = _weights(model)
+        state["best"], state["best_epoch"] = _weights(model), state["epoch"]
     else:
         state["bad_epochs"] += 1
     return bool(state["bad_epochs"] >= patience)
@@ -499,7 +542,7 @@ def _resume(
     with checked_contents(path):
         model.load_state_dict(saved.state_dict)
         optimizer.load_state_dict(saved.optimizer)
-        state = dict(saved.train_state)
+        state = {"best_epoch": 0, **saved.train_state}  # runs saved before best_epoch existed
         _set_rng_state(state["rng"][min(rank, len(state["rng"]) - 1)], rng, gen)
     log.info("resuming %s at epoch %d", output, state["epoch"])
     return state

@@ -85,6 +85,43 @@ def test_fine_tuning_starts_from_the_prior(
     assert result.epochs == 1 and result.prior == "p.pt"
 
 
+def test_fine_tuning_that_never_beats_the_prior_keeps_the_prior(
+    tiny_prior: Path, tmp_path: Path, tiny_fit_config
+) -> None:
+    """The prior is epoch 0 of early stopping: a learning rate that wrecks every epoch ends
+    with the zero-shot model, its validation error and its blend, not the best wreck."""
+    ds = recording(5, 20.0, 200, planes=1)
+    settings = dict(prior=str(tiny_prior), model={}, window=32)
+    zero = fit(ds, tmp_path / "zero.pt", config=tiny_fit_config(**settings, max_epochs=0))
+    wrecked = tiny_fit_config(**settings, max_epochs=2, lr=0.1)
+    tuned = fit(ds, tmp_path / "tuned.pt", config=wrecked)
+    assert tuned.epochs == 2 and tuned.best_epoch == 0
+    assert all(row["val"] > zero.best_val for row in tuned.history)  # every epoch was worse
+    assert tuned.best_val == pytest.approx(zero.best_val, rel=1e-6)
+    assert tuned.blend == zero.blend
+    kept, checkpoint = load_model(tmp_path / "tuned.pt")
+    for name, value in load_model(tmp_path / "zero.pt")[0].state_dict().items():
+        torch.testing.assert_close(kept.state_dict()[name], value)
+    assert checkpoint.info["best_epoch"] == 0
+
+
+def test_fine_tuning_that_clearly_beats_the_prior_is_kept(
+    tiny_prior: Path, tmp_path: Path, tiny_fit_config
+) -> None:
+    """A prior of three pretraining steps is poor on anything: a few epochs of fine-tuning
+    beat it far beyond the validation noise, and the fit says by how much."""
+    ds = recording(5, 20.0, 400, planes=1)
+    config = tiny_fit_config(
+        prior=str(tiny_prior), model={}, window=32, max_epochs=4, steps_per_epoch=10, lr=3e-3
+    )
+    result = fit(ds, tmp_path / "m.pt", config=config)
+    assert result.best_epoch > 0 and result.gain is not None and result.gain.significant
+    assert result.best_val == pytest.approx(result.gain.tuned, rel=1e-6)
+    _, checkpoint = load_model(tmp_path / "m.pt")
+    assert checkpoint.info["best_epoch"] == result.best_epoch
+    assert checkpoint.info["fine_tuning"]["significant"] is True
+
+
 def test_prior_none_trains_from_the_fresh_network(tmp_path: Path, tiny_fit_config) -> None:
     """--prior none is today's from-scratch fit: the network sized to the data, seeded."""
     from cst_neuro.model.modes import get_mode

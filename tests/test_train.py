@@ -188,3 +188,21 @@ def test_ddp_two_processes_on_cpu(tmp_path: Path) -> None:
     assert done.returncode == 0 or exit_abort, done.stderr[-2000:]
     _, checkpoint = load_model(tmp_path / "m.pt")
     assert len(checkpoint.history) == 2 and np.isfinite(checkpoint.best_val)
+
+
+def test_validation_of_a_wide_recording_is_thinned_to_its_token_budget(recording) -> None:
+    """Validation windows beyond ``val_tokens`` give way to evenly spaced ones: a long,
+    wide recording's validation stays a bounded cost per epoch."""
+    from cst_neuro.data import ChannelWindows, TimeSplit
+    from cst_neuro.train import validation_batches
+
+    split = TimeSplit.blocks(recording.sizes["time"], val_fraction=0.3, block_frames=1, seed=0)
+    windows = ChannelWindows(recording, window=16, frames_per_unit=1.0)
+
+    def batches(**kw) -> list:
+        return list(validation_batches(windows, split.val, tiny_config(**kw).resolved()))
+
+    every, two = batches(), batches(val_tokens=2 * 16 * 6)  # two windows of 6 channels
+    assert len(every) == 15 and len(two) == 2  # 240 frames: 15 windows of 16 frames
+    for kept, full in zip(two, (every[0], every[-1]), strict=True):  # the first and the last
+        torch.testing.assert_close(kept[1].values, full[1].values)

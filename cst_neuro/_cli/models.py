@@ -89,6 +89,12 @@ def fit(
         f"wrote {result.path} ({result.epochs} epochs from prior {result.prior}, stopped by "
         f"{result.stopped}, best validation MSE {result.best_val:.4g} in normalised units)"
     )
+    if result.prior != "none" and result.epochs > 0 and result.best_epoch == 0:
+        weighed = f" ({result.gain.line()})" if result.gain is not None else ""
+        typer.echo(
+            f"fine-tuning did not beat the prior beyond the validation frames' noise{weighed}: "
+            f"{result.path} keeps the prior's own (zero-shot) weights"
+        )
     if result.blend is not None:
         typer.echo(result.blend.line())
 
